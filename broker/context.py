@@ -1,0 +1,30 @@
+"""What every gateway connection shares: settings, database, vault, storage, audit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from broker.tasks import TaskSet
+from policy.config import Settings
+from policy.models import utcnow
+from policy.vault import Vault
+from recorder.audit import AuditLog
+from recorder.flusher import Flusher
+from recorder.storage import LocalStorage
+
+
+@dataclass
+class GatewayContext:
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    vault: Vault
+    storage: LocalStorage
+    audit: AuditLog
+    flusher: Flusher = field(default_factory=Flusher)
+    tasks: TaskSet = field(default_factory=TaskSet)
+
+    def now(self) -> datetime:
+        return utcnow()

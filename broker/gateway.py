@@ -1,0 +1,97 @@
+"""The SSH gateway: builds the shared context and listens for vendors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncssh
+import structlog
+
+from broker.auth import VendorServer
+from broker.context import GatewayContext
+from broker.errors import BrokerError
+from broker.keys import load_host_key
+from broker.relay import VendorSession
+from policy.config import Settings
+from policy.db import create_engine, session_factory
+from policy.keyfiles import load_vault
+from recorder.audit import AuditLog
+from recorder.storage import LocalStorage
+
+log = structlog.get_logger(__name__)
+
+
+class GatewayServer(VendorServer):
+    def session_requested(self) -> asyncssh.SSHServerSession[bytes]:
+        return VendorSession(self)  # shell/exec, checked against the grants when it starts
+
+
+def build_context(settings: Settings) -> GatewayContext:
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    return GatewayContext(
+        settings=settings,
+        sessions=sessions,
+        vault=load_vault(settings.vault_key_path),
+        storage=LocalStorage(settings.recordings_dir),
+        audit=AuditLog(sessions),
+    )
+
+
+@dataclass
+class Gateway:
+    ctx: GatewayContext
+    acceptor: asyncssh.SSHAcceptor
+
+    @property
+    def port(self) -> int:
+        return int(self.acceptor.get_port())
+
+    async def close(self) -> None:
+        self.acceptor.close()
+        await self.acceptor.wait_closed()
+        await self.ctx.tasks.cancel_all()
+        await self.ctx.flusher.stop()
+        bind = self.ctx.sessions.kw.get("bind")
+        if bind is not None:
+            await bind.dispose()
+
+
+async def start_gateway(
+    ctx: GatewayContext, host: str | None = None, port: int | None = None
+) -> Gateway:
+    settings = ctx.settings
+    host_key = load_host_key(settings.host_key_path)
+    host = host if host is not None else settings.gateway_host
+    port = port if port is not None else settings.gateway_port
+    try:
+        acceptor = await _listen(ctx, host, port, host_key)
+    except OSError as exc:
+        raise BrokerError(
+            "listen-failed", f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    ctx.flusher.start()
+    gateway = Gateway(ctx, acceptor)
+    log.info("gateway listening", host=host, port=gateway.port)
+    return gateway
+
+
+async def _listen(
+    ctx: GatewayContext, host: str, port: int, host_key: asyncssh.SSHKey
+) -> asyncssh.SSHAcceptor:
+    return await asyncssh.listen(
+        host,
+        port,
+        server_factory=lambda: GatewayServer(ctx),
+        server_host_keys=[host_key],
+        encoding=None,
+        line_editor=False,
+        agent_forwarding=False,
+        x11_forwarding=False,
+        allow_scp=False,
+        allow_pty=True,
+        config=None,
+        login_timeout=60,
+        keepalive_interval=30,
+        server_version="sallyport",
+    )

@@ -1,0 +1,399 @@
+"""Shell and exec channels: vendor <-> gateway <-> device, every byte recorded.
+
+The vendor's session channel is paired with a session channel the gateway opens on the
+device, logging in with the vaulted credential. Data, EOF, window changes, signals and
+exit status pass through; each side's back-pressure pauses the other side's reader. Any
+failure to record ends the session (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+import structlog
+from sqlalchemy import select
+
+from broker import messages
+from broker.errors import BrokerError
+from broker.grants import render_grants
+from broker.upstream import connect_device
+from policy import store
+from policy.decide import Decision, decide_target
+from policy.models import Device, Recording, RecordingStatus, Session, utcnow
+from recorder.channel import AsciicastRecording, ChannelRecording, StreamRecording
+from recorder.errors import RecorderError
+
+if TYPE_CHECKING:
+    from broker.auth import VendorServer
+
+log = structlog.get_logger(__name__)
+
+SERVICE = "ssh"
+
+
+class VendorSession(asyncssh.SSHServerSession[bytes]):
+    """The vendor's side of one shell/exec channel."""
+
+    def __init__(self, server: VendorServer) -> None:
+        self.server = server
+        self.ctx = server.ctx
+        self.chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self.term: str | None = None
+        self.size = (80, 24)
+        self.modes: Mapping[int, int] = {}
+        self.kind = "shell"
+        self.command: str | None = None
+        self.upstream: asyncssh.SSHClientChannel[bytes] | None = None
+        self.upstream_conn: asyncssh.SSHClientConnection | None = None
+        self.recording: ChannelRecording | None = None
+        self.session_id: str | None = None
+        self.end_reason: str | None = None
+        self._pending: list[bytes] = []
+        self._pending_eof = False
+        self._done = asyncio.Event()
+        self._window_timer: asyncio.TimerHandle | None = None
+        self.log = log.bind(vendor=server.login, device=server.target and server.target.device)
+
+    # -- asyncssh callbacks: what the vendor asks for ------------------------------------
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self.chan = chan
+
+    def pty_requested(
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Mapping[int, int]
+    ) -> bool:
+        self.term, self.size, self.modes = term_type, (term_size[0], term_size[1]), term_modes
+        return True  # a terminal for the device shell; recorded as asciicast
+
+    def shell_requested(self) -> bool:
+        self.kind = "shell"
+        return True  # relayed to the device's own shell
+
+    def exec_requested(self, command: str) -> bool:
+        self.kind, self.command = "exec", command
+        return True  # relayed to the device as the same command
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        self.ctx.tasks.spawn(
+            self.server._audit("broker:channel:deny", reason="subsystem", subsystem=subsystem)
+        )
+        return False
+
+    def session_started(self) -> None:
+        self.ctx.tasks.spawn(self._run(), name="vendor-session")
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self.upstream is None:
+            self._pending.append(data)
+            return
+        self._record_input(data)
+        self.upstream.write(data)
+
+    def eof_received(self) -> bool:
+        if self.upstream is None:
+            self._pending_eof = True
+        else:
+            self.upstream.write_eof()
+        return True  # keep the vendor channel half-open until the device finishes
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        self.size = (width, height)
+        if self.upstream is not None:
+            self.upstream.change_terminal_size(width, height, pixwidth, pixheight)
+            self._record(lambda r: r.resize(width, height))
+
+    def signal_received(self, signal: str) -> None:
+        if self.upstream is not None:
+            self.upstream.send_signal(signal)
+
+    def break_received(self, msec: int) -> bool:
+        if self.upstream is not None:
+            self.upstream.send_break(msec)
+            return True
+        return False
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end("vendor-disconnect")
+
+    # -- from the device --------------------------------------------------------------
+
+    def from_device(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        assert self.chan is not None
+        self._record(lambda r: r.output(data, 2 if datatype else 1))
+        self.chan.write(data, datatype)
+
+    # -- the session ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self.chan is not None
+        target = self.server.target
+        try:
+            if target is None or target.device is None:
+                await self._list_grants()
+                return
+            device, decision = await self._authorize(target.device)
+            if device is None or not decision.allow:
+                return
+            await self._open(device, decision)
+            await self._done.wait()
+        except (BrokerError, RecorderError) as exc:
+            self._refuse(exc.message)
+            self._end(exc.code)
+        except Exception as exc:  # fail closed: an unexpected error ends the session
+            self.log.exception("session failed")
+            self._refuse("sallyport: internal error; session closed")
+            self._end(f"error:{type(exc).__name__}")
+        finally:
+            await self._finish()
+
+    async def _list_grants(self) -> None:
+        assert self.chan is not None
+        async with self.ctx.sessions() as db:
+            assert self.server.user is not None
+            grants = await store.grants_for(db, self.server.user.id)
+        hint = f"ssh -p {self.ctx.settings.gateway_port} {self.server.login}:DEVICE@GATEWAY"
+        self.chan.write(render_grants(grants, self.ctx.now(), self.term is not None, hint))
+        self.chan.exit(0)
+
+    async def _authorize(self, name: str) -> tuple[Device | None, Decision]:
+        user = self.server.user
+        assert user is not None
+        now = self.ctx.now()
+        async with self.ctx.sessions() as db:
+            device = await store.device(db, name)
+            grants = await store.grants_for(db, user.id)
+        decision = decide_target(name, device is not None, SERVICE, grants, now)
+        if not decision.allow:
+            self._refuse(messages.target_refusal(decision, name))
+            await self.server._audit("broker:target:deny", reason=str(decision.reason))
+            self.end_reason = "denied"
+        return device, decision
+
+    async def _open(self, device: Device, decision: Decision) -> None:
+        assert self.chan is not None and decision.grant is not None and self.server.user
+        grant = decision.grant
+        session = Session(
+            vendor_user_id=self.server.user.id,
+            device_id=device.id,
+            grant_id=grant.id,
+            ticket_ref=grant.ticket_ref,
+            kind=self.kind,
+            command=self.command,
+            client_address=self.server.peer,
+            gateway_node=self.ctx.settings.node_name,
+        )
+        async with self.ctx.sessions() as db:
+            db.add(session)
+            await db.commit()
+        self.session_id = session.id
+        self.log = self.log.bind(session_id=session.id)
+        await self.server._audit(
+            "broker:session:start",
+            session_id=session.id,
+            grant=grant.id,
+            ticket=grant.ticket_ref,
+            kind=self.kind,
+            command=self.command,
+        )
+        self.recording = await self._start_recording(session.id)
+        self._arm_window_end(grant.window_end)
+        self.upstream_conn = await connect_device(
+            device, self.ctx.vault, self.ctx.settings.upstream_connect_timeout
+        )
+        chan, _ = await self.upstream_conn.create_session(
+            lambda: DeviceSession(self),
+            self.command,
+            term_type=self.term,
+            term_size=(*self.size, 0, 0) if self.term else None,
+            term_modes=self.modes or None,
+            encoding=None,
+        )
+        if self._done.is_set():  # the vendor left or the window closed meanwhile
+            chan.close()
+            return
+        self.upstream = chan
+        for data in self._pending:
+            self.data_received(data, None)
+        self._pending.clear()
+        if self._pending_eof:
+            chan.write_eof()
+
+    async def _start_recording(self, session_id: str) -> ChannelRecording:
+        key = f"{utcnow():%Y/%m/%d}/{session_id}/{self.kind}.{'cast' if self.term else 'sps'}"
+        sink = self.ctx.storage.create(key)
+        started = time.time()
+        recording: ChannelRecording
+        if self.term:
+            recording = AsciicastRecording(
+                sink,
+                width=self.size[0],
+                height=self.size[1],
+                started_at=started,
+                term=self.term,
+                command=self.command,
+                title=f"{self.server.login} on {self.server.target and self.server.target.device}",
+            )
+        else:
+            recording = StreamRecording(sink, started_at=started, command=self.command)
+        async with self.ctx.sessions() as db:
+            db.add(Recording(session_id=session_id, format=recording.format, storage_key=key))
+            await db.commit()
+        self.ctx.flusher.add(recording, self._recording_failed)
+        return recording
+
+    def _arm_window_end(self, end: Any) -> None:
+        delay = (end - self.ctx.now()).total_seconds()
+        loop = asyncio.get_running_loop()
+        self._window_timer = loop.call_later(max(0.0, delay), self._window_ended)
+
+    def _window_ended(self) -> None:
+        self._refuse("sallyport: your access window has ended; closing the session")
+        self._end("window-ended")
+
+    def _recording_failed(self, recording: ChannelRecording, exc: RecorderError) -> None:
+        self.log.error("recording failed", error=exc.message)
+        self._refuse("sallyport: the session recording cannot be written; session closed")
+        self._end("recording-failed")
+
+    def _record(self, write: Any) -> None:
+        if self.recording is None:
+            return
+        try:
+            write(self.recording)
+        except RecorderError as exc:
+            self._recording_failed(self.recording, exc)
+
+    def _record_input(self, data: bytes) -> None:
+        self._record(lambda r: r.input(data))
+
+    def _refuse(self, text: str) -> None:
+        if self.chan is not None and not self._done.is_set():
+            try:
+                self.chan.write_stderr(messages.line(text, self.term is not None))
+            except (asyncssh.Error, OSError):
+                pass
+
+    def device_closed(self, status: int | None, signal: tuple[str, bool, str] | None) -> None:
+        if self.chan is not None and not self._done.is_set():
+            if signal is not None:
+                self.chan.exit_with_signal(signal[0], signal[1], signal[2])
+            elif status is not None:
+                self.chan.exit(status)
+            else:
+                self.chan.close()
+        self._end("exit")
+
+    def _end(self, reason: str) -> None:
+        if self.end_reason is None:
+            self.end_reason = reason
+        self._done.set()
+
+    async def _finish(self) -> None:
+        if self._window_timer is not None:
+            self._window_timer.cancel()
+        if self.upstream is not None:
+            self.upstream.close()
+        if self.upstream_conn is not None:
+            self.upstream_conn.close()
+        if self.chan is not None:
+            if self.end_reason not in ("exit", None) and self.session_id is None:
+                self.chan.exit(1)
+            else:
+                self.chan.close()
+        await self._finalize()
+
+    exit_status: int | None = None
+
+    async def _finalize(self) -> None:
+        if self.session_id is None:
+            return
+        status, stored = RecordingStatus.FINAL, None
+        if self.recording is not None:
+            self.ctx.flusher.discard(self.recording)
+            try:
+                stored = self.recording.close()
+            except RecorderError as exc:
+                self.log.error("recording close failed", error=exc.message)
+                status = RecordingStatus.INCOMPLETE
+        if self.end_reason == "recording-failed":
+            status = RecordingStatus.INCOMPLETE
+        now = utcnow()
+        async with self.ctx.sessions() as db:
+            session = await db.get(Session, self.session_id)
+            assert session is not None
+            session.ended_at = now
+            session.end_reason = self.end_reason or "closed"
+            session.exit_status = self.exit_status
+            if self.recording is not None:
+                rec = await db.scalar(
+                    select(Recording).where(Recording.storage_key == self.recording.key)
+                )
+                assert rec is not None
+                rec.status = status
+                rec.finished_at = now
+                if stored is not None:
+                    rec.sha256, rec.size = stored.sha256, stored.size
+            await db.commit()
+        if stored is not None:
+            await self.server._audit(
+                "broker:recording:final",
+                session_id=self.session_id,
+                key=stored.key,
+                sha256=stored.sha256,
+                size=stored.size,
+                status=str(status),
+            )
+        await self.server._audit(
+            "broker:session:end",
+            session_id=self.session_id,
+            reason=self.end_reason,
+            exit_status=self.exit_status,
+        )
+
+
+class DeviceSession(asyncssh.SSHClientSession[bytes]):
+    """The device's side: relays what the device sends back to the vendor."""
+
+    def __init__(self, vendor: VendorSession) -> None:
+        self.vendor = vendor
+        self.status: int | None = None
+        self.signal: tuple[str, bool, str] | None = None
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self.vendor.from_device(data, datatype)
+
+    def eof_received(self) -> bool:
+        chan = self.vendor.chan
+        if chan is not None:
+            chan.write_eof()
+        return True
+
+    def exit_status_received(self, status: int) -> None:
+        self.status = status
+        self.vendor.exit_status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self.signal = (signal, core_dumped, msg)
+
+    def pause_writing(self) -> None:
+        if self.vendor.chan is not None:
+            self.vendor.chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.vendor.chan is not None:
+            self.vendor.chan.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.vendor.device_closed(self.status, self.signal)

@@ -1,0 +1,146 @@
+"""Settings: one TOML file plus ``SALLYPORT_*`` environment overrides.
+
+Relative paths in the file resolve against the directory that holds the file; with no
+file they resolve against ``data_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from policy.errors import ConfigError
+
+ENV_PREFIX = "SALLYPORT_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    node_name: str = field(default_factory=socket.gethostname)
+    gateway_host: str = "0.0.0.0"
+    gateway_port: int = 2222
+    web_host: str = "127.0.0.1"
+    web_port: int = 8080
+    recordings_dir: Path = Path("recordings")
+    log_format: str = "json"
+    log_level: str = "info"
+    upstream_connect_timeout: float = 10.0
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def vault_key_path(self) -> Path:
+        return self.keys_dir / "vault.key"
+
+    @property
+    def audit_key_path(self) -> Path:
+        return self.keys_dir / "audit-signing.pem"
+
+    @property
+    def host_key_path(self) -> Path:
+        return self.keys_dir / "ssh_host_ed25519_key"
+
+
+# (TOML section, key) -> (Settings field, converter)
+_FIELDS: dict[tuple[str, str], tuple[str, type]] = {
+    ("", "data_dir"): ("data_dir", Path),
+    ("", "database_url"): ("database_url", str),
+    ("", "node_name"): ("node_name", str),
+    ("gateway", "host"): ("gateway_host", str),
+    ("gateway", "port"): ("gateway_port", int),
+    ("gateway", "upstream_connect_timeout"): ("upstream_connect_timeout", float),
+    ("web", "host"): ("web_host", str),
+    ("web", "port"): ("web_port", int),
+    ("recordings", "dir"): ("recordings_dir", Path),
+    ("log", "format"): ("log_format", str),
+    ("log", "level"): ("log_level", str),
+}
+
+
+def default_database_url(data_dir: Path) -> str:
+    return f"sqlite+aiosqlite:///{data_dir / 'sallyport.db'}"
+
+
+def load_settings(path: Path | None, env: dict[str, str] | None = None) -> Settings:
+    """Read ``path`` (if given), apply environment overrides, resolve relative paths."""
+    env = dict(os.environ) if env is None else env
+    values: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError("config-missing", f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config-invalid", f"{path}: {exc}") from None
+        base = path.resolve().parent
+        values.update(_from_toml(raw, path))
+    for (section, key), (name, conv) in _FIELDS.items():
+        var = ENV_PREFIX + (f"{section}_{key}" if section else key).upper()
+        if var in env:
+            values[name] = _convert(conv, env[var], var)
+    if "data_dir" not in values:
+        raise ConfigError(
+            "config-invalid", "data_dir is not set (config file or SALLYPORT_DATA_DIR)"
+        )
+    data_dir = _resolve(base, values.pop("data_dir"))
+    values.setdefault("database_url", default_database_url(data_dir))
+    settings = Settings(data_dir=data_dir, **values)
+    return replace(settings, recordings_dir=_resolve(data_dir, settings.recordings_dir))
+
+
+def render_settings(settings: Settings) -> str:
+    """The TOML text for ``settings`` (what ``sallyport demo`` writes into its data dir)."""
+    sections: dict[str, list[str]] = {}
+    for (section, key), (name, _conv) in _FIELDS.items():
+        value = getattr(settings, name)
+        text = str(value).lower() if isinstance(value, bool) else value
+        literal = str(text) if isinstance(value, int | float) else _toml_string(str(text))
+        sections.setdefault(section, []).append(f"{key} = {literal}")
+    out = sections.pop("", [])
+    for section, lines in sections.items():
+        out += ["", f"[{section}]", *lines]
+    return "\n".join(out) + "\n"
+
+
+def _from_toml(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            for sub, subval in value.items():
+                values.update(_one(path, key, sub, subval))
+        else:
+            values.update(_one(path, "", key, value))
+    return values
+
+
+def _one(path: Path, section: str, key: str, value: Any) -> dict[str, Any]:
+    spec = _FIELDS.get((section, key))
+    where = f"{section}.{key}" if section else key
+    if spec is None:
+        raise ConfigError("config-invalid", f"{path}: unknown setting {where}")
+    name, conv = spec
+    return {name: _convert(conv, value, where)}
+
+
+def _convert(conv: type, value: Any, where: str) -> Any:
+    try:
+        return conv(value)
+    except (TypeError, ValueError):
+        raise ConfigError("config-invalid", f"{where}: cannot read {value!r}") from None
+
+
+def _resolve(base: Path, value: Path) -> Path:
+    return value if value.is_absolute() else (base / value).resolve()
+
+
+def _toml_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,96 @@
+"""Queries the gateway and the CLI share: who is this vendor, what may they reach."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from policy import totp
+from policy.decide import GrantView, UserView
+from policy.models import Device, Grant, MfaFailure, VendorUser
+
+
+async def vendor_user(db: AsyncSession, login: str) -> VendorUser | None:
+    result = await db.execute(
+        select(VendorUser).where(VendorUser.login == login).options(selectinload(VendorUser.keys))
+    )
+    return result.scalar_one_or_none()
+
+
+def user_view(user: VendorUser | None) -> UserView | None:
+    if user is None:
+        return None
+    return UserView(user.login, user.disabled, user.locked_until)
+
+
+async def device(db: AsyncSession, name: str) -> Device | None:
+    result = await db.execute(
+        select(Device)
+        .where(Device.name == name)
+        .options(selectinload(Device.services), selectinload(Device.segment))
+    )
+    return result.scalar_one_or_none()
+
+
+async def grants_for(db: AsyncSession, vendor_user_id: int) -> list[GrantView]:
+    result = await db.execute(
+        select(Grant)
+        .where(Grant.vendor_user_id == vendor_user_id)
+        .options(selectinload(Grant.devices))
+    )
+    return [grant_view(g) for g in result.scalars()]
+
+
+def grant_view(grant: Grant) -> GrantView:
+    return GrantView(
+        id=grant.id,
+        ticket_ref=grant.ticket_ref,
+        devices=frozenset(d.name for d in grant.devices),
+        services=frozenset(grant.services),
+        window_start=grant.window_start,
+        window_end=grant.window_end,
+        revoked_at=grant.revoked_at,
+    )
+
+
+async def accept_totp_step(db: AsyncSession, user_id: int, step: int) -> bool:
+    """Atomically move the user's last accepted step forward; False if another login
+    already used this step or a later one (a replay racing us)."""
+    result = await db.execute(
+        update(VendorUser)
+        .where(VendorUser.id == user_id)
+        .where(or_(VendorUser.totp_last_step.is_(None), VendorUser.totp_last_step < step))
+        .values(totp_last_step=step)
+        .execution_options(synchronize_session=False)
+    )
+    await db.execute(delete(MfaFailure).where(MfaFailure.vendor_user_id == user_id))
+    await db.commit()
+    return bool(getattr(result, "rowcount", 0) == 1)
+
+
+async def note_totp_failure(db: AsyncSession, user_id: int, now: datetime) -> datetime | None:
+    """Record a failed code; lock the user when the rule says so. Returns the lock end."""
+    db.add(MfaFailure(vendor_user_id=user_id, at=now))
+    await db.flush()
+    since = now - totp.FAILURE_WINDOW
+    times: Sequence[datetime] = (
+        await db.scalars(
+            select(MfaFailure.at).where(MfaFailure.vendor_user_id == user_id, MfaFailure.at > since)
+        )
+    ).all()
+    until = totp.lock_until(times, now)
+    if until is not None:
+        await db.execute(
+            update(VendorUser).where(VendorUser.id == user_id).values(locked_until=until)
+        )
+        await db.execute(delete(MfaFailure).where(MfaFailure.vendor_user_id == user_id))
+    await db.commit()
+    return until
+
+
+async def count_rows(db: AsyncSession, model: type[object]) -> int:
+    return int(await db.scalar(select(func.count()).select_from(model)) or 0)

@@ -1,0 +1,169 @@
+"""Channel recordings: what a vendor's channel carried, streamed to storage as it happens.
+
+Two formats, both versioned and both readable when cut short by a crash:
+- ``asciicast`` v2 for terminal (PTY) channels, which the browser player replays;
+- ``sallyport-stream`` v1 for channels without a terminal (exec, file transfer), which
+  keeps every byte of binary data and costs no text escaping on bulk output.
+
+Writers buffer in memory and push to the sink when the buffer passes ``FLUSH_BYTES`` or
+when ``flush()`` is called (the Flusher does that at least every second).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from recorder.storage import Sink, StoredObject
+
+FLUSH_BYTES = 256 * 1024
+ASCIICAST = "asciicast-v2"
+STREAM = "sallyport-stream-v1"
+
+STDIN, STDOUT, STDERR = 0, 1, 2
+_FRAME = struct.Struct(">dBI")  # seconds since start, stream, length
+
+
+class ChannelRecording:
+    """Common buffering, hashing and closing; subclasses encode events."""
+
+    format = ""
+
+    def __init__(self, sink: Sink, clock: Callable[[], float] = time.monotonic) -> None:
+        self._sink = sink
+        self._clock = clock
+        self._t0 = clock()
+        self._buf = bytearray()
+        self._closed: StoredObject | None = None
+
+    @property
+    def key(self) -> str:
+        return self._sink.key
+
+    def elapsed(self) -> float:
+        return self._clock() - self._t0
+
+    def _append(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buf:
+            data = bytes(self._buf)
+            self._buf.clear()
+            self._sink.write(data)
+
+    def close(self) -> StoredObject:
+        if self._closed is None:
+            self._finish()
+            self.flush()
+            self._closed = self._sink.close()
+        return self._closed
+
+    def _finish(self) -> None:
+        """Hook for encoders with state to drain before close."""
+
+    def output(self, data: bytes, stream: int = STDOUT) -> None:
+        raise NotImplementedError
+
+    def input(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def resize(self, width: int, height: int) -> None:
+        """Terminal size change; channels without a terminal ignore it."""
+
+
+class AsciicastRecording(ChannelRecording):
+    """asciicast v2: a JSON header line, then ``[time, code, data]`` lines."""
+
+    format = ASCIICAST
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        width: int,
+        height: int,
+        started_at: float,
+        term: str | None = None,
+        command: str | None = None,
+        title: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(sink, clock)
+        header: dict[str, Any] = {
+            "version": 2,
+            "width": max(1, width),
+            "height": max(1, height),
+            "timestamp": int(started_at),
+        }
+        if term:
+            header["env"] = {"TERM": term}
+        if command:
+            header["command"] = command
+        if title:
+            header["title"] = title
+        self._decoders = {
+            "o": codecs.getincrementaldecoder("utf-8")("replace"),
+            "i": codecs.getincrementaldecoder("utf-8")("replace"),
+        }
+        self._append(json.dumps(header).encode() + b"\n")
+        self.flush()
+
+    def _event(self, code: str, text: str) -> None:
+        line = json.dumps([round(self.elapsed(), 6), code, text], ensure_ascii=False)
+        self._append(line.encode() + b"\n")
+
+    def _text(self, code: str, data: bytes, final: bool = False) -> None:
+        text = self._decoders[code].decode(data, final)
+        if text:
+            self._event(code, text)
+
+    def output(self, data: bytes, stream: int = STDOUT) -> None:
+        self._text("o", data)
+
+    def input(self, data: bytes) -> None:
+        self._text("i", data)
+
+    def resize(self, width: int, height: int) -> None:
+        self._event("r", f"{width}x{height}")
+
+    def _finish(self) -> None:
+        for code in ("o", "i"):
+            self._text(code, b"", final=True)
+
+
+class StreamRecording(ChannelRecording):
+    """sallyport-stream v1: a JSON header line, then binary frames (time, stream, bytes)."""
+
+    format = STREAM
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        started_at: float,
+        command: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(sink, clock)
+        header = {"format": "sallyport-stream", "version": 1, "timestamp": started_at}
+        if command is not None:
+            header["command"] = command
+        self._append(json.dumps(header).encode() + b"\n")
+        self.flush()
+
+    def _frame(self, stream: int, data: bytes) -> None:
+        if data:
+            self._append(_FRAME.pack(self.elapsed(), stream, len(data)) + data)
+
+    def output(self, data: bytes, stream: int = STDOUT) -> None:
+        self._frame(stream, data)
+
+    def input(self, data: bytes) -> None:
+        self._frame(STDIN, data)

@@ -1,0 +1,93 @@
+"""Where recordings go. A sink hashes what it writes, so the SHA-256 is known at close."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from recorder.errors import StorageError
+
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,400}$")
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    sha256: str
+    size: int
+
+
+class Sink(Protocol):
+    key: str
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> StoredObject: ...
+
+
+class LocalSink:
+    """An append-only file; bytes reach the kernel on every ``write`` (crash-safe prefix)."""
+
+    def __init__(self, key: str, path: Path) -> None:
+        self.key = key
+        self.path = path
+        self._hash = hashlib.sha256()
+        self._size = 0
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        except OSError as exc:
+            raise StorageError("recording-open-failed", f"cannot create {key}: {exc}") from exc
+
+    def write(self, data: bytes) -> None:
+        if self._fd is None:
+            raise StorageError("recording-closed", f"{self.key} is already closed")
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(view):
+                done += os.write(self._fd, view[done:])
+        except OSError as exc:
+            raise StorageError("recording-write-failed", f"cannot write {self.key}: {exc}") from exc
+        finally:
+            self._hash.update(view[:done])
+            self._size += done
+
+    def close(self) -> StoredObject:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                raise StorageError(
+                    "recording-write-failed", f"cannot sync {self.key}: {exc}"
+                ) from exc
+            finally:
+                os.close(fd)
+            os.chmod(self.path, 0o440)
+        return StoredObject(self.key, self._hash.hexdigest(), self._size)
+
+
+class LocalStorage:
+    """Recordings as files under one directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, key: str) -> Path:
+        if not _KEY.match(key) or ".." in key.split("/"):
+            raise StorageError("recording-key-invalid", f"bad storage key {key!r}")
+        return self.root / key
+
+    def create(self, key: str) -> LocalSink:
+        return LocalSink(key, self.path(key))
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except OSError as exc:
+            raise StorageError("recording-missing", f"cannot read {key}: {exc}") from exc
