@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -25,6 +26,7 @@ class GatewayContext:
     audit: AuditLog
     flusher: Flusher = field(default_factory=Flusher)
     tasks: TaskSet = field(default_factory=TaskSet)
+    clock: Callable[[], datetime] = utcnow
 
     def now(self) -> datetime:
-        return utcnow()
+        return self.clock()

@@ -56,6 +56,9 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         self._pending_eof = False
         self._done = asyncio.Event()
         self._window_timer: asyncio.TimerHandle | None = None
+        self._vendor_gone = False
+        self.exit_status: int | None = None
+        self.exit_signal: tuple[str, bool, str] | None = None
         self.log = log.bind(vendor=server.login, device=server.target and server.target.device)
 
     # -- asyncssh callbacks: what the vendor asks for ------------------------------------
@@ -125,12 +128,14 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
             self.upstream.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._vendor_gone = True
         self._end("vendor-disconnect")
 
     # -- from the device --------------------------------------------------------------
 
     def from_device(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        assert self.chan is not None
+        if self.chan is None:
+            return
         self._record(lambda r: r.output(data, 2 if datatype else 1))
         self.chan.write(data, datatype)
 
@@ -165,7 +170,7 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
             grants = await store.grants_for(db, self.server.user.id)
         hint = f"ssh -p {self.ctx.settings.gateway_port} {self.server.login}:DEVICE@GATEWAY"
         self.chan.write(render_grants(grants, self.ctx.now(), self.term is not None, hint))
-        self.chan.exit(0)
+        self.device_closed(0, None)
 
     async def _authorize(self, name: str) -> tuple[Device | None, Decision]:
         user = self.server.user
@@ -279,20 +284,14 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         self._record(lambda r: r.input(data))
 
     def _refuse(self, text: str) -> None:
-        if self.chan is not None and not self._done.is_set():
+        if self.chan is not None and not self._vendor_gone:
             try:
                 self.chan.write_stderr(messages.line(text, self.term is not None))
             except (asyncssh.Error, OSError):
                 pass
 
     def device_closed(self, status: int | None, signal: tuple[str, bool, str] | None) -> None:
-        if self.chan is not None and not self._done.is_set():
-            if signal is not None:
-                self.chan.exit_with_signal(signal[0], signal[1], signal[2])
-            elif status is not None:
-                self.chan.exit(status)
-            else:
-                self.chan.close()
+        self.exit_status, self.exit_signal = status, signal
         self._end("exit")
 
     def _end(self, reason: str) -> None:
@@ -307,14 +306,23 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
             self.upstream.close()
         if self.upstream_conn is not None:
             self.upstream_conn.close()
-        if self.chan is not None:
-            if self.end_reason not in ("exit", None) and self.session_id is None:
-                self.chan.exit(1)
-            else:
-                self.chan.close()
-        await self._finalize()
+        try:
+            await self._finalize()  # evidence first: the vendor sees the end after it is written
+        finally:
+            self._close_vendor()
 
-    exit_status: int | None = None
+    def _close_vendor(self) -> None:
+        chan, self.chan = self.chan, None
+        if chan is None or self._vendor_gone:
+            return
+        if self.end_reason != "exit":
+            chan.exit(1)  # the gateway ended or refused it; the reason is on stderr
+        elif self.exit_signal is not None:
+            chan.exit_with_signal(*self.exit_signal)
+        elif self.exit_status is not None:
+            chan.exit(self.exit_status)
+        else:
+            chan.close()
 
     async def _finalize(self) -> None:
         if self.session_id is None:
@@ -382,7 +390,6 @@ class DeviceSession(asyncssh.SSHClientSession[bytes]):
 
     def exit_status_received(self, status: int) -> None:
         self.status = status
-        self.vendor.exit_status = status
 
     def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
         self.signal = (signal, core_dumped, msg)
