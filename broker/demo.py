@@ -212,6 +212,7 @@ def current_code(data: Path) -> str:
 def _instructions(data: Path, creds: dict[str, Any]) -> str:
     ssh, vendor = creds["ssh"], creds["vendor"]
     key = vendor["private_key"]
+    exe = sys.argv[0] if sys.argv and sys.argv[0].endswith("sallyport") else "sallyport"
     known = data / "known_hosts"
     base = f"ssh -p {ssh['port']} -i {key} -o IdentitiesOnly=yes -o UserKnownHostsFile={known}"
     return f"""
@@ -220,7 +221,7 @@ sallyport demo is running  (data: {data}; stop with Ctrl-C)
   web          {creds["web"]["url"]}  (health: /api/v1/health)
 
 Connect as the demo vendor ({vendor["login"]}); you will be asked for a Verification code:
-  code:      sallyport demo --data {data} --code
+  code:      {exe} demo --data {data} --code
   shell:     {base} {vendor["login"]}:{DEVICE}@{ssh["host"]}
   command:   {base} {vendor["login"]}:{DEVICE}@{ssh["host"]} status
   my grants: {base} {vendor["login"]}@{ssh["host"]}
