@@ -8,7 +8,7 @@ import getpass
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -187,8 +187,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     splog.configure(settings.log_format, settings.log_level)
     prepare(settings)
-    asyncio.run(serve(settings))
+    run_loop(serve(settings))
     return 0
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on uvloop when it is installed (the ``fast`` extra), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 async def serve(settings: Settings, ready: Callable[[int, int], None] | None = None) -> None:

@@ -21,6 +21,12 @@ from recorder.storage import LocalStorage
 log = structlog.get_logger(__name__)
 
 
+# AES-GCM only: stock OpenSSH prefers chacha20-poly1305 and then aes-ctr with UMAC, which
+# asyncssh computes in several Python-level steps per packet; AES-GCM is one call into
+# the cryptography library. Every OpenSSH since 6.2 offers it.
+VENDOR_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
 class GatewayServer(VendorServer):
     def session_requested(self) -> asyncssh.SSHServerSession[bytes]:
         return VendorSession(self)  # shell/exec, checked against the grants when it starts
@@ -94,4 +100,5 @@ async def _listen(
         login_timeout=60,
         keepalive_interval=30,
         server_version="sallyport",
+        encryption_algs=VENDOR_CIPHERS,
     )

@@ -37,7 +37,8 @@ class ChannelRecording:
         self._sink = sink
         self._clock = clock
         self._t0 = clock()
-        self._buf = bytearray()
+        self._parts: list[bytes] = []
+        self._pending = 0
         self._closed: StoredObject | None = None
 
     @property
@@ -47,16 +48,16 @@ class ChannelRecording:
     def elapsed(self) -> float:
         return self._clock() - self._t0
 
-    def _append(self, data: bytes) -> None:
-        self._buf += data
-        if len(self._buf) >= FLUSH_BYTES:
+    def _append(self, *data: bytes) -> None:
+        self._parts.extend(data)
+        self._pending += sum(len(d) for d in data)
+        if self._pending >= FLUSH_BYTES:
             self.flush()
 
     def flush(self) -> None:
-        if self._buf:
-            data = bytes(self._buf)
-            self._buf.clear()
-            self._sink.write(data)
+        if self._parts:
+            parts, self._parts, self._pending = self._parts, [], 0
+            self._sink.write_parts(parts)
 
     def close(self) -> StoredObject:
         if self._closed is None:
@@ -160,7 +161,7 @@ class StreamRecording(ChannelRecording):
 
     def _frame(self, stream: int, data: bytes) -> None:
         if data:
-            self._append(_FRAME.pack(self.elapsed(), stream, len(data)) + data)
+            self._append(_FRAME.pack(self.elapsed(), stream, len(data)), data)
 
     def output(self, data: bytes, stream: int = STDOUT) -> None:
         self._frame(stream, data)

@@ -1,0 +1,106 @@
+"""Measurements: each path runs the same command with the same client, in one run.
+
+A measurement that cannot be trusted raises ``MeasurementError`` (wrong byte count, a
+failed command, an empty sample) instead of printing a number.
+"""
+
+from __future__ import annotations
+
+import shlex
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from benchmarks.rig import Rig
+
+PathFn = Callable[[str], tuple[list[str], dict[str, str]]]
+
+
+class MeasurementError(RuntimeError):
+    pass
+
+
+@dataclass
+class Sample:
+    seconds: list[float] = field(default_factory=list)
+    gateway_cpu: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        if not self.seconds:
+            raise MeasurementError("no samples")
+        return statistics.median(self.seconds)
+
+    def percentile(self, p: float) -> float:
+        if not self.seconds:
+            raise MeasurementError("no samples")
+        ordered = sorted(self.seconds)
+        index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+        return ordered[index]
+
+
+def paths(rig: Rig) -> dict[str, PathFn]:
+    return {"direct": rig.direct, "openssh-jump": rig.jump_host, "sallyport": rig.gateway}
+
+
+def run_timed(argv: list[str], env: dict[str, str], pipe_count: bool) -> tuple[float, int]:
+    """Run ssh; return wall seconds and (with ``pipe_count``) the bytes it printed."""
+    if pipe_count:
+        cmd = shlex.join(argv) + " | wc -c"
+        start = time.perf_counter()
+        proc = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", cmd],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            start_new_session=True,
+            timeout=600,
+        )
+    else:
+        start = time.perf_counter()
+        proc = subprocess.run(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            start_new_session=True,
+            timeout=120,
+        )
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise MeasurementError(f"{argv[-1]!r} failed ({proc.returncode}): {proc.stderr.strip()}")
+    count = int(proc.stdout.strip() or 0) if pipe_count else len(proc.stdout)
+    return elapsed, count
+
+
+def bulk(rig: Rig, nbytes: int, rounds: int) -> dict[str, Sample]:
+    """``head -c N /dev/zero`` through each path, rounds interleaved to share any drift."""
+    results = {name: Sample() for name in paths(rig)}
+    command = f"head -c {nbytes} /dev/zero"
+    for _ in range(rounds):
+        for name, path in paths(rig).items():
+            argv, env = path(command)
+            cpu0 = rig.gateway_cpu_seconds()
+            seconds, count = run_timed(argv, env, pipe_count=True)
+            if count != nbytes:
+                raise MeasurementError(f"{name}: received {count} bytes, expected {nbytes}")
+            results[name].seconds.append(seconds)
+            results[name].gateway_cpu.append(rig.gateway_cpu_seconds() - cpu0)
+    return results
+
+
+def setup(rig: Rig, runs: int) -> dict[str, Sample]:
+    """TCP connect to command exit for ``true`` (TOTP included on the gateway path)."""
+    results = {name: Sample() for name in paths(rig)}
+    for _ in range(runs):
+        for name, path in paths(rig).items():
+            argv, env = path("true")
+            cpu0 = rig.gateway_cpu_seconds()
+            seconds, _count = run_timed(argv, env, pipe_count=False)
+            results[name].seconds.append(seconds)
+            results[name].gateway_cpu.append(rig.gateway_cpu_seconds() - cpu0)
+    return results

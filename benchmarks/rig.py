@@ -1,0 +1,247 @@
+"""The benchmark rig: a real sshd device, an OpenSSH jump host, and a sallyport gateway
+running as its own process (``sallyport serve``), all on loopback.
+
+Every path is driven by the stock OpenSSH client with public-key auth; the gateway path
+also answers the TOTP prompt (through a tiny shell askpass, so it costs no interpreter
+start). Each gateway login uses its own vendor user, because the replay guard accepts a
+TOTP step only once per user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from broker.cli import prepare
+from policy import admin, totp
+from policy.config import Settings, default_database_url, render_settings
+from policy.db import create_engine, session_factory
+from policy.keyfiles import load_vault
+from policy.models import CredentialKind
+from tests.support.openssh import ClientIdentity, make_identity
+from tests.support.sshd import SshdDevice, run_sshd
+
+DEVICE = "bench-dev"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class VendorUserKey:
+    login: str
+    secret: str
+    identity: ClientIdentity
+
+
+@dataclass
+class Rig:
+    workdir: Path
+    device: SshdDevice
+    jump: SshdDevice
+    identity: ClientIdentity
+    gateway_port: int
+    gateway_pid: int
+    users: list[VendorUserKey]
+    askpass: Path
+    kex: str | None = None  # pin the client's key exchange on every path (None: defaults)
+    _next_user: int = field(default=0)
+
+    def _common(self, port: int, identity: ClientIdentity | None = None) -> list[str]:
+        return [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"IdentityFile={(identity or self.identity).private_key}",
+            "-o",
+            "BatchMode=no",
+            *(["-o", f"KexAlgorithms={self.kex}"] if self.kex else []),
+            "-p",
+            str(port),
+        ]
+
+    def direct(self, command: str) -> tuple[list[str], dict[str, str]]:
+        argv = [*self._common(self.device.port), f"{self.device.username}@127.0.0.1", command]
+        return argv, _env()
+
+    def jump_host(self, command: str) -> tuple[list[str], dict[str, str]]:
+        hop = f"{self.jump.username}@127.0.0.1:{self.jump.port}"
+        # The inner hop inherits no -o options from the command line for the jump leg, so
+        # the jump host's options go through a ProxyCommand built the same way -J does.
+        proxy = " ".join(
+            shlex.quote(a)
+            for a in [*self._common(self.jump.port), "-W", "%h:%p", hop.split(":")[0]]
+        )
+        argv = [
+            *self._common(self.device.port),
+            "-o",
+            f"ProxyCommand={proxy}",
+            f"{self.device.username}@127.0.0.1",
+            command,
+        ]
+        return argv, _env()
+
+    def gateway(self, command: str) -> tuple[list[str], dict[str, str]]:
+        user = self.users[self._next_user]
+        self._next_user += 1
+        argv = [
+            *self._common(self.gateway_port, user.identity),
+            "-o",
+            "PreferredAuthentications=publickey,keyboard-interactive",
+            f"{user.login}:{DEVICE}@127.0.0.1",
+            command,
+        ]
+        env = _env()
+        env.update(
+            SSH_ASKPASS=str(self.askpass),
+            SSH_ASKPASS_REQUIRE="force",
+            DISPLAY=":0",
+            SP_CODE=totp.code_at(user.secret, datetime.now(UTC)),
+        )
+        return argv, env
+
+    def gateway_cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.gateway_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def gateway_rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.gateway_pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS for the gateway process")
+
+
+def _env() -> dict[str, str]:
+    keep = ("PATH", "HOME", "LANG", "TERM")
+    return {k: os.environ[k] for k in keep if k in os.environ}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _seed(
+    settings: Settings, device: SshdDevice, identities: list[ClientIdentity]
+) -> list[VendorUserKey]:
+    vault = load_vault(settings.vault_key_path)
+    engine = create_engine(settings.database_url)
+    now = datetime.now(UTC)
+    made = []
+    try:
+        async with session_factory(engine)() as db:
+            await admin.add_segment(db, "bench")
+            await admin.add_device(
+                db,
+                vault,
+                name=DEVICE,
+                segment="bench",
+                address=device.host,
+                services=[admin.ServiceSpec("ssh", device.port)],
+                credential=admin.Credential(
+                    device.username, CredentialKind.PASSWORD, device.password
+                ),
+                host_key=device.host_public_key,
+            )
+            await admin.add_vendor(db, "Bench Vendor")
+            for i, identity in enumerate(identities):
+                login = f"bench{i:04d}"
+                _user, secret = await admin.add_vendor_user(
+                    db,
+                    vault,
+                    login=login,
+                    vendor="Bench Vendor",
+                    public_keys=[identity.public_key_line],
+                )
+                await admin.add_grant(
+                    db,
+                    login=login,
+                    devices=[DEVICE],
+                    services=["ssh"],
+                    ticket="CHG0000001",
+                    start=now - timedelta(minutes=1),
+                    end=now + timedelta(hours=6),
+                    approved_by="benchmark",
+                )
+                made.append(VendorUserKey(login, secret, identity))
+    finally:
+        await engine.dispose()
+    return made
+
+
+@contextlib.contextmanager
+def rig(workdir: Path, users: int) -> Iterator[Rig]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    identity = make_identity(workdir, "bench-client")
+    with run_sshd(workdir / "device") as device, run_sshd(workdir / "jump") as jump:
+        device.add_authorized_key(identity.public_key_line)
+        jump.add_authorized_key(identity.public_key_line)
+        data = workdir / "gateway"
+        port = _free_port()
+        settings = Settings(
+            data_dir=data,
+            database_url=default_database_url(data),
+            gateway_host="127.0.0.1",
+            gateway_port=port,
+            web_host="127.0.0.1",
+            web_port=_free_port(),
+            recordings_dir=data / "recordings",
+            log_level="warning",
+        )
+        prepare(settings)
+        config = data / "sallyport.toml"
+        config.write_text(render_settings(settings))
+        identities = [make_identity(workdir / "vendors", f"bench{i:04d}") for i in range(users)]
+        seeded = asyncio.run(_seed(settings, device, identities))
+        askpass = workdir / "askpass.sh"
+        askpass.write_text('#!/bin/sh\nprintf "%s\\n" "$SP_CODE"\n')
+        askpass.chmod(0o755)
+        log = (workdir / "gateway.log").open("wb")
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("sallyport")), "serve", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait_port(port, proc)
+            yield Rig(workdir, device, jump, identity, port, proc.pid, seeded, askpass)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            log.close()
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode} before listening")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError("gateway did not start listening within 30 s")
