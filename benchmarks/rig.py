@@ -192,7 +192,10 @@ async def _seed(
 def rig(workdir: Path, users: int) -> Iterator[Rig]:
     workdir.mkdir(parents=True, exist_ok=True)
     identity = make_identity(workdir, "bench-client")
-    with run_sshd(workdir / "device") as device, run_sshd(workdir / "jump") as jump:
+    with (
+        run_sshd(workdir / "device", username="spbench") as device,
+        run_sshd(workdir / "jump", username="spbench") as jump,
+    ):
         device.add_authorized_key(identity.public_key_line)
         jump.add_authorized_key(identity.public_key_line)
         data = workdir / "gateway"

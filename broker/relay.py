@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -90,11 +90,13 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         self.ctx.tasks.spawn(self._run(), name="vendor-session")
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self._done.is_set():
+            return
         if self.upstream is None:
             self._pending.append(data)
             return
-        self._record_input(data)
-        self.upstream.write(data)
+        if self._record(lambda r: r.input(data)):  # nothing reaches the device unrecorded
+            self.upstream.write(data)
 
     def eof_received(self) -> bool:
         if self.upstream is None:
@@ -134,10 +136,16 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
     # -- from the device --------------------------------------------------------------
 
     def from_device(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        if self.chan is None:
+        chan, recording = self.chan, self.recording
+        if chan is None or self._done.is_set():
             return
-        self._record(lambda r: r.output(data, 2 if datatype else 1))
-        self.chan.write(data, datatype)
+        if recording is not None:  # record first: nothing reaches the vendor unrecorded
+            try:
+                recording.output(data, 2 if datatype else 1)
+            except RecorderError as exc:
+                self._recording_failed(recording, exc)
+                return
+        chan.write(data, datatype)
 
     # -- the session ------------------------------------------------------------------
 
@@ -268,20 +276,21 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         self._end("window-ended")
 
     def _recording_failed(self, recording: ChannelRecording, exc: RecorderError) -> None:
+        if self._done.is_set():
+            return
         self.log.error("recording failed", error=exc.message)
         self._refuse("sallyport: the session recording cannot be written; session closed")
         self._end("recording-failed")
 
-    def _record(self, write: Any) -> None:
+    def _record(self, write: Callable[[ChannelRecording], None]) -> bool:
         if self.recording is None:
-            return
+            return True
         try:
             write(self.recording)
         except RecorderError as exc:
             self._recording_failed(self.recording, exc)
-
-    def _record_input(self, data: bytes) -> None:
-        self._record(lambda r: r.input(data))
+            return False
+        return True
 
     def _refuse(self, text: str) -> None:
         if self.chan is not None and not self._vendor_gone:
@@ -327,15 +336,12 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
     async def _finalize(self) -> None:
         if self.session_id is None:
             return
-        status, stored = RecordingStatus.FINAL, None
+        stored = None
         if self.recording is not None:
             self.ctx.flusher.discard(self.recording)
-            try:
-                stored = self.recording.close()
-            except RecorderError as exc:
-                self.log.error("recording close failed", error=exc.message)
-                status = RecordingStatus.INCOMPLETE
-        if self.end_reason == "recording-failed":
+            stored = self.recording.close(complete=self.end_reason != "recording-failed")
+        status = RecordingStatus.FINAL
+        if stored is not None and not stored.complete:
             status = RecordingStatus.INCOMPLETE
         now = utcnow()
         async with self.ctx.sessions() as db:

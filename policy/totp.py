@@ -60,7 +60,7 @@ def check_code(secret: str, code: str, now: datetime, last_step: int | None) -> 
     accepted) is a replay.
     """
     code = code.strip().replace(" ", "")
-    if len(code) != 6 or not code.isdigit():
+    if len(code) != 6 or not (code.isascii() and code.isdigit()):
         return TotpCheck(TotpOutcome.MALFORMED)
     totp = pyotp.TOTP(secret)
     current = step_at(now)

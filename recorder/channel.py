@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from recorder.errors import RecorderError
 from recorder.storage import Sink, StoredObject
 
 FLUSH_BYTES = 256 * 1024
@@ -59,11 +60,17 @@ class ChannelRecording:
             parts, self._parts, self._pending = self._parts, [], 0
             self._sink.write_parts(parts)
 
-    def close(self) -> StoredObject:
+    def close(self, complete: bool = True) -> StoredObject:
+        """Write what is buffered and seal the recording. Never raises: if the last writes
+        fail, the result is marked incomplete and hashes exactly what reached storage."""
         if self._closed is None:
-            self._finish()
-            self.flush()
-            self._closed = self._sink.close()
+            try:
+                self._finish()
+                self.flush()
+            except RecorderError:
+                complete = False
+                self._parts, self._pending = [], 0
+            self._closed = self._sink.close(complete)
         return self._closed
 
     def _finish(self) -> None:

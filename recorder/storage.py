@@ -17,9 +17,12 @@ _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,400}$")
 
 @dataclass(frozen=True)
 class StoredObject:
+    """What a sink holds when closed: the hash and size of exactly the bytes written."""
+
     key: str
     sha256: str
     size: int
+    complete: bool = True
 
 
 class Sink(Protocol):
@@ -29,7 +32,7 @@ class Sink(Protocol):
 
     def write_parts(self, parts: list[bytes]) -> None: ...
 
-    def close(self) -> StoredObject: ...
+    def close(self, complete: bool = True) -> StoredObject: ...
 
 
 class LocalSink:
@@ -40,6 +43,7 @@ class LocalSink:
         self.path = path
         self._hash = hashlib.sha256()
         self._size = 0
+        self._closed = StoredObject(key, self._hash.hexdigest(), 0, False)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -92,19 +96,23 @@ class LocalSink:
                 self.write(part[written:])
                 written = 0
 
-    def close(self) -> StoredObject:
+    def close(self, complete: bool = True) -> StoredObject:
+        """Sync and seal the file (read-only). Never raises: a failed sync marks the
+        object incomplete, and the hash still covers exactly what was written."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
             try:
                 os.fsync(fd)
-            except OSError as exc:
-                raise StorageError(
-                    "recording-write-failed", f"cannot sync {self.key}: {exc}"
-                ) from exc
+            except OSError:
+                complete = False
             finally:
                 os.close(fd)
-            os.chmod(self.path, 0o440)
-        return StoredObject(self.key, self._hash.hexdigest(), self._size)
+            try:
+                os.chmod(self.path, 0o440)
+            except OSError:
+                complete = False
+            self._closed = StoredObject(self.key, self._hash.hexdigest(), self._size, complete)
+        return self._closed
 
 
 class LocalStorage:

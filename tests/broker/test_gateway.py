@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -317,3 +319,34 @@ async def test_interactive_pty_session_with_resize(
     assert any(e.code == "r" and e.data == b"120x40" for e in parsed.events)
     assert "café done" in parsed.output().decode()
     assert b"stty size" in parsed.input()
+
+
+@pytest.fixture
+def tiny_recordings_disk(settings: object) -> Iterator[Path]:
+    """The recordings directory on a 256 KiB tmpfs: a real full disk, mid-session."""
+    root = settings.recordings_dir  # type: ignore[attr-defined]
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(root)], check=True)
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=True)
+
+
+async def test_full_recording_disk_closes_the_session(
+    vendor: VendorLogin, pump: Device, db: Sessions, tiny_recordings_disk: Path
+) -> None:
+    await grant(db, devices=["pump-12"])
+    nbytes = 4_000_000
+    result = await vendor.ssh("pump-12", f"head -c {nbytes} /dev/urandom")
+
+    assert result.returncode != 0
+    assert "recording cannot be written" in result.stderr
+    assert len(result.stdout) < nbytes  # the rest was never relayed unrecorded
+    session, recording = await only_session(db)
+    assert session.end_reason == "recording-failed"
+    assert recording.status == "incomplete"
+    data = (tiny_recordings_disk / recording.storage_key).read_bytes()
+    assert recording.sha256 == hashlib.sha256(data).hexdigest()
+    assert recording.size == len(data)
+    # Everything the vendor received is in the recording's readable prefix.
+    assert parse(data).output().startswith(result.stdout)
