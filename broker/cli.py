@@ -93,7 +93,7 @@ def _admin_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = dev.add_parser("add", parents=[common], help="add a device")
     p.add_argument("name")
     p.add_argument("--segment", required=True)
-    p.add_argument("--address", required=True, help="IP address or inventory host name")
+    p.add_argument("--address", required=True, help="IP address (names are never resolved)")
     p.add_argument("--service", action="append", default=[], help="NAME:PORT, e.g. ssh:22")
     p.add_argument("--criticality", choices=[c.value for c in Criticality], default="medium")
     p.add_argument("--username", help="device account the gateway logs in with")

@@ -152,6 +152,11 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
     async def _run(self) -> None:
         assert self.chan is not None
         target = self.server.target
+        # This task's log lines (audit included) carry who and what; the context is the
+        # task's own copy, so concurrent sessions do not mix.
+        structlog.contextvars.bind_contextvars(
+            vendor=self.server.login, device=target.device if target else None
+        )
         try:
             if target is None or target.device is None:
                 await self._list_grants()
@@ -212,6 +217,7 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
             await db.commit()
         self.session_id = session.id
         self.log = self.log.bind(session_id=session.id)
+        structlog.contextvars.bind_contextvars(session_id=session.id)
         await self.server._audit(
             "broker:session:start",
             session_id=session.id,

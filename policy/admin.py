@@ -6,6 +6,7 @@ reason before it writes anything, so a refused change leaves the database as it 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,6 +68,16 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+def check_address(address: str) -> str:
+    """Devices are reached by the IP address in the inventory, never by a DNS lookup."""
+    try:
+        return str(ipaddress.ip_address(address.strip()))
+    except ValueError:
+        raise InvalidInput(
+            "address-invalid", f"device address {address!r} must be an IP address (no DNS)"
+        ) from None
+
+
 async def add_segment(db: AsyncSession, name: str, description: str = "") -> Segment:
     segment = Segment(name=check_name("segment", name), description=description)
     db.add(segment)
@@ -88,6 +99,7 @@ async def add_device(
     **record: str,
 ) -> Device:
     check_name("device", name)
+    address = check_address(address)
     seg = await db.scalar(select(Segment).where(Segment.name == segment))
     if seg is None:
         raise NotFound("segment-unknown", f"segment {segment!r} does not exist")

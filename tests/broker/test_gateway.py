@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -100,9 +101,7 @@ async def test_device_password_never_reaches_the_vendor(
         assert secret not in gateway.ctx.storage.read(key)
 
 
-async def test_listing_shows_live_grants(
-    vendor: VendorLogin, pump: Device, db: Sessions
-) -> None:
+async def test_listing_shows_live_grants(vendor: VendorLogin, pump: Device, db: Sessions) -> None:
     await grant(db, devices=["pump-12"])
     result = await vendor.ssh(None)
     assert result.returncode == 0
@@ -137,9 +136,13 @@ async def test_refusals_name_the_reason(
                 await s.execute(update(Grant).where(Grant.id == grant_id).values(revoked_at=now))
                 await s.commit()
     elif window == "future":
-        await grant(db, devices=["pump-12"], start=now + timedelta(days=1), end=now + timedelta(days=2))
+        await grant(
+            db, devices=["pump-12"], start=now + timedelta(days=1), end=now + timedelta(days=2)
+        )
     elif window == "past":
-        await grant(db, devices=["pump-12"], start=now - timedelta(days=2), end=now - timedelta(days=1))
+        await grant(
+            db, devices=["pump-12"], start=now - timedelta(days=2), end=now - timedelta(days=1)
+        )
 
     result = await vendor.ssh(device, "echo should-not-run")
 
@@ -220,9 +223,7 @@ async def test_password_alone_is_not_enough_but_password_and_code_are(
     assert without_code.stdout == b""
 
 
-async def test_lockout_after_five_failures(
-    vendor: VendorLogin, pump: Device, db: Sessions
-) -> None:
+async def test_lockout_after_five_failures(vendor: VendorLogin, pump: Device, db: Sessions) -> None:
     await grant(db, devices=["pump-12"])
     for _ in range(5):
         bad = await vendor.ssh(
@@ -350,3 +351,38 @@ async def test_full_recording_disk_closes_the_session(
     assert recording.size == len(data)
     # Everything the vendor received is in the recording's readable prefix.
     assert parse(data).output().startswith(result.stdout)
+
+
+async def test_session_log_lines_carry_session_vendor_and_device(
+    vendor: VendorLogin, pump: Device, db: Sessions
+) -> None:
+    await grant(db, devices=["pump-12"])
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as logs:
+        result = await vendor.ssh("pump-12", "true")
+    assert result.returncode == 0
+    session, _ = await only_session(db)
+    by_event = {entry["event"]: entry for entry in logs}
+    for event in ("broker:session:start", "broker:recording:final", "broker:session:end"):
+        entry = by_event[event]
+        assert entry["session_id"] == session.id
+        assert entry["vendor"] == "vendor1"
+        assert entry["device"] == "pump-12"
+
+
+async def test_session_is_closed_when_the_window_ends(
+    vendor: VendorLogin, pump: Device, db: Sessions, clock: object
+) -> None:
+    code = vendor.code()
+    now = clock()  # type: ignore[operator]
+    await grant(
+        db, devices=["pump-12"], start=now - timedelta(minutes=1), end=now + timedelta(seconds=3)
+    )
+    result = await vendor.ssh("pump-12", "echo started; sleep 30; echo never", answers=[code])
+    assert result.stdout == b"started\n"
+    assert "access window has ended" in result.stderr
+    assert result.returncode != 0
+    session, recording = await only_session(db)
+    assert session.end_reason == "window-ended"
+    assert recording.status == "final"
