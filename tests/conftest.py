@@ -159,7 +159,7 @@ class VendorLogin:
         command: list[str] | str | None = None,
         *,
         answers: list[str] | None = None,
-        identity: ClientIdentity | None | bool = True,
+        identity: ClientIdentity | bool | None = True,
         **kwargs: object,
     ) -> SshResult:
         user = f"{self.login}:{device}" if device else self.login
