@@ -386,3 +386,32 @@ async def test_session_is_closed_when_the_window_ends(
     session, recording = await only_session(db)
     assert session.end_reason == "window-ended"
     assert recording.status == "final"
+
+
+async def test_recording_reaches_disk_while_the_session_runs(
+    vendor: VendorLogin, pump: Device, db: Sessions, gateway: Gateway
+) -> None:
+    """Flushed at least every second: a gateway killed now would leave this prefix."""
+    await grant(db, devices=["pump-12"])
+    session_task = asyncio.ensure_future(
+        vendor.ssh("pump-12", "echo early-marker; sleep 4; echo late-marker")
+    )
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            async with db() as s:
+                key = await s.scalar(select(Recording.storage_key))
+            if (
+                key
+                and b"early-marker" in parse(gateway.ctx.storage.path(key).read_bytes()).output()
+            ):
+                break
+        else:
+            raise AssertionError("the live recording never showed the early output")
+        live = parse(gateway.ctx.storage.path(key).read_bytes())
+        assert b"early-marker" in live.output() and b"late-marker" not in live.output()
+        async with db() as s:
+            assert (await s.scalars(select(Session))).one().ended_at is None
+    finally:
+        result = await session_task
+    assert result.stdout == b"early-marker\nlate-marker\n"
