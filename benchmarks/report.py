@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
+from pathlib import Path
 
 from benchmarks.measure import Sample
 
@@ -73,14 +75,12 @@ def table(r: Results) -> str:
 
 def machine() -> str:
     cpu = "unknown CPU"
-    for line in open("/proc/cpuinfo").read().splitlines():
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    mem_kb = int(open("/proc/meminfo").read().split()[1])
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
     ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
-    import os
-
     return (
         f"{cpu}, {os.cpu_count()} cores, {mem_kb / 2**20:.0f} GiB; Linux {platform.release()}; "
         f"Python {platform.python_version()}; asyncssh {version('asyncssh')}; "

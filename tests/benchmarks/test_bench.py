@@ -1,0 +1,46 @@
+"""The benchmark rig on small sizes: every path really measured, bad runs fail loudly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks import measure, report
+from benchmarks.rig import rig
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_path_is_measured_through_real_ssh(tmp_path: Path) -> None:
+    nbytes = 3_000_000
+    with rig(tmp_path, users=4) as r:
+        bulk = measure.bulk(r, nbytes, rounds=1)
+        setup = measure.setup(r, runs=1)
+        r.kex = report.SAME_KEX
+        setup_same = measure.setup(r, runs=1)
+        recordings = list((tmp_path / "gateway" / "recordings").rglob("*.sps"))
+    assert set(bulk) == set(setup) == {"direct", "openssh-jump", "sallyport"}
+    results = report.Results(nbytes, 1, 1, bulk, setup, setup_same)
+    assert all(s.median > 0 for s in bulk.values())
+    assert results.cpu_per_gb() > 0  # the gateway process did the relaying
+    assert results.cpu_ms_per_session() > 0
+    # the gateway path was recorded: the bulk session and both setup sessions
+    assert len(recordings) == 3
+    assert max(p.stat().st_size for p in recordings) > nbytes
+    text = report.markdown(results)
+    for name in ("direct", "openssh-jump", "sallyport"):
+        assert f"| {name} |" in text
+    assert "Machine:" in text and "met" in text
+
+
+def test_a_failed_transfer_is_an_error_not_a_number(tmp_path: Path) -> None:
+    with rig(tmp_path, users=1) as r:
+        argv, env = r.direct("head -c 1000 /dev/zero; exit 3")
+        with pytest.raises(measure.MeasurementError, match="failed"):
+            measure.run_timed(argv, env, pipe_count=True)
+        argv, env = r.gateway("head -c 1000 /dev/zero")
+        seconds, count = measure.run_timed(argv, env, pipe_count=True)
+        assert count == 1000 and seconds > 0
+    with pytest.raises(measure.MeasurementError, match="no samples"):
+        _ = measure.Sample().median
