@@ -47,29 +47,17 @@ def paths(rig: Rig) -> dict[str, PathFn]:
 
 def run_timed(argv: list[str], env: dict[str, str], pipe_count: bool) -> tuple[float, int]:
     """Run ssh; return wall seconds and (with ``pipe_count``) the bytes it printed."""
-    if pipe_count:
-        cmd = shlex.join(argv) + " | wc -c"
-        start = time.perf_counter()
-        proc = subprocess.run(
-            ["bash", "-o", "pipefail", "-c", cmd],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            start_new_session=True,
-            timeout=600,
-        )
-    else:
-        start = time.perf_counter()
-        proc = subprocess.run(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            start_new_session=True,
-            timeout=120,
-        )
+    run = ["bash", "-o", "pipefail", "-c", shlex.join(argv) + " | wc -c"] if pipe_count else argv
+    start = time.perf_counter()
+    proc = subprocess.run(
+        run,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+        timeout=600,
+    )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise MeasurementError(f"{argv[-1]!r} failed ({proc.returncode}): {proc.stderr.strip()}")

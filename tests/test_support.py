@@ -8,12 +8,14 @@ import shutil
 import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
 
 from tests.support.openssh import (
     ClientIdentity,
+    SshResult,
     SshTimeoutError,
     TmuxSession,
     make_askpass,
@@ -38,6 +40,13 @@ def device(tmp_path: Path) -> Iterator[SshdDevice]:
         yield dev
 
 
+async def ssh_device(tmp_path: Path, device: SshdDevice, **kwargs: Any) -> SshResult:
+    """run_ssh against the test device as its user, from ``tmp_path/client``."""
+    return await run_ssh(
+        tmp_path / "client", host=device.host, port=device.port, user=device.username, **kwargs
+    )
+
+
 @pytest.fixture
 def identity(tmp_path: Path, device: SshdDevice) -> ClientIdentity:
     ident = make_identity(tmp_path / "client")
@@ -48,11 +57,9 @@ def identity(tmp_path: Path, device: SshdDevice) -> ClientIdentity:
 async def test_key_auth_runs_command(
     tmp_path: Path, device: SshdDevice, identity: ClientIdentity
 ) -> None:
-    res = await run_ssh(
-        tmp_path / "client",
-        host=device.host,
-        port=device.port,
-        user=device.username,
+    res = await ssh_device(
+        tmp_path,
+        device,
         identity=identity,
         command=["echo", "hello"],
     )
@@ -65,11 +72,9 @@ async def test_key_auth_runs_command(
 async def test_command_list_is_quoted_for_remote_shell(
     tmp_path: Path, device: SshdDevice, identity: ClientIdentity
 ) -> None:
-    res = await run_ssh(
-        tmp_path / "client",
-        host=device.host,
-        port=device.port,
-        user=device.username,
+    res = await ssh_device(
+        tmp_path,
+        device,
         identity=identity,
         command=["printf", "%s|", "a b", "$HOME", "-n"],
     )
@@ -80,11 +85,9 @@ async def test_command_list_is_quoted_for_remote_shell(
 async def test_stdin_is_forwarded(
     tmp_path: Path, device: SshdDevice, identity: ClientIdentity
 ) -> None:
-    res = await run_ssh(
-        tmp_path / "client",
-        host=device.host,
-        port=device.port,
-        user=device.username,
+    res = await ssh_device(
+        tmp_path,
+        device,
         identity=identity,
         command="tr a-z A-Z",
         stdin=b"shout\n",
@@ -94,11 +97,9 @@ async def test_stdin_is_forwarded(
 
 
 async def test_password_auth_via_askpass(tmp_path: Path, device: SshdDevice) -> None:
-    res = await run_ssh(
-        tmp_path / "client",
-        host=device.host,
-        port=device.port,
-        user=device.username,
+    res = await ssh_device(
+        tmp_path,
+        device,
         identity=None,
         command=["id", "-un"],
         answers=[device.password],
@@ -113,11 +114,9 @@ async def test_password_auth_via_askpass(tmp_path: Path, device: SshdDevice) -> 
 async def test_password_keyword_answers_password_prompts(
     tmp_path: Path, device: SshdDevice
 ) -> None:
-    res = await run_ssh(
-        tmp_path / "client",
-        host=device.host,
-        port=device.port,
-        user=device.username,
+    res = await ssh_device(
+        tmp_path,
+        device,
         identity=None,
         command=["true"],
         password=device.password,
@@ -126,11 +125,9 @@ async def test_password_keyword_answers_password_prompts(
 
 
 async def test_wrong_password_fails(tmp_path: Path, device: SshdDevice) -> None:
-    res = await run_ssh(
-        tmp_path / "client",
-        host=device.host,
-        port=device.port,
-        user=device.username,
+    res = await ssh_device(
+        tmp_path,
+        device,
         identity=None,
         command=["id", "-un"],
         answers=["definitely-not-the-password"],
@@ -143,11 +140,9 @@ async def test_wrong_password_fails(tmp_path: Path, device: SshdDevice) -> None:
 
 
 async def test_no_answers_fails_instead_of_hanging(tmp_path: Path, device: SshdDevice) -> None:
-    res = await run_ssh(
-        tmp_path / "client",
-        host=device.host,
-        port=device.port,
-        user=device.username,
+    res = await ssh_device(
+        tmp_path,
+        device,
         identity=None,
         command=["true"],
     )
@@ -157,11 +152,9 @@ async def test_no_answers_fails_instead_of_hanging(tmp_path: Path, device: SshdD
 
 async def test_unknown_key_is_rejected(tmp_path: Path, device: SshdDevice) -> None:
     stranger = make_identity(tmp_path / "client", name="stranger")
-    res = await run_ssh(
-        tmp_path / "client",
-        host=device.host,
-        port=device.port,
-        user=device.username,
+    res = await ssh_device(
+        tmp_path,
+        device,
         identity=stranger,
         command=["true"],
         extra_opts=["PreferredAuthentications=publickey"],
@@ -175,11 +168,9 @@ async def test_host_key_pinning(
 ) -> None:
     good = tmp_path / "known_hosts_good"
     good.write_text(device.known_hosts_line() + "\n")
-    ok = await run_ssh(
-        tmp_path / "client",
-        host=device.host,
-        port=device.port,
-        user=device.username,
+    ok = await ssh_device(
+        tmp_path,
+        device,
         identity=identity,
         command=["true"],
         known_hosts=good,
@@ -189,11 +180,9 @@ async def test_host_key_pinning(
     other = make_identity(tmp_path / "client", name="not-the-host-key").public_key_line
     bad = tmp_path / "known_hosts_bad"
     bad.write_text(f"[{device.host}]:{device.port} {other}\n")
-    rejected = await run_ssh(
-        tmp_path / "client",
-        host=device.host,
-        port=device.port,
-        user=device.username,
+    rejected = await ssh_device(
+        tmp_path,
+        device,
         identity=identity,
         command=["true"],
         known_hosts=bad,
@@ -275,11 +264,9 @@ def test_same_workdir_twice_is_refused(tmp_path: Path) -> None:
 
 async def test_password_is_not_leaked_by_harness(tmp_path: Path, device: SshdDevice) -> None:
     assert device.password not in repr(device)
-    res = await run_ssh(
-        tmp_path / "client",
-        host=device.host,
-        port=device.port,
-        user=device.username,
+    res = await ssh_device(
+        tmp_path,
+        device,
         identity=None,
         command=["true"],
         answers=[device.password],
