@@ -22,7 +22,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         failures += check("SQLite", f"sqlite+aiosqlite:///{Path(tmp) / 'check.db'}")
     name = f"sallyport_check_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(f"postgresql+psycopg://{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    admin = create_engine(
+        f"postgresql+psycopg://{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT"
+    )
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
