@@ -132,7 +132,12 @@ def _one(path: Path, section: str, key: str, value: Any) -> dict[str, Any]:
 
 
 def _convert(conv: type, value: Any, where: str) -> Any:
+    """Convert strictly: a TOML float or boolean is not a port number."""
+    wrong = isinstance(value, bool) or (conv is int and isinstance(value, float))
+    wrong = wrong or (conv in (str, Path) and not isinstance(value, str))
     try:
+        if wrong:
+            raise TypeError
         return conv(value)
     except (TypeError, ValueError):
         raise ConfigError("config-invalid", f"{where}: cannot read {value!r}") from None
@@ -143,4 +148,13 @@ def _resolve(base: Path, value: Path) -> Path:
 
 
 def _toml_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A TOML basic string: backslash, quote and every control character escaped."""
+    out = []
+    for ch in text:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'

@@ -34,8 +34,8 @@ def verify_password(password: str, stored: str | None) -> bool:
             maxmem=64 * 2**20,
             dklen=len(expected),
         )
-    except ValueError:
-        return False
+    except (ValueError, TypeError, OverflowError, MemoryError):
+        return False  # a malformed stored hash verifies nothing
     return hmac.compare_digest(actual, expected)
 
 

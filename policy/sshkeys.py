@@ -39,6 +39,8 @@ def parse_public_key(text: str) -> PublicKey:
         raise InvalidInput("key-invalid", "not an OpenSSH public key line (TYPE BASE64 [COMMENT])")
     algorithm, b64 = parts[0], parts[1]
     comment = parts[2] if len(parts) > 2 else ""
+    if algorithm == "ssh-dss":
+        raise InvalidInput("key-weak", "DSA keys are not accepted; use ed25519 or RSA >= 3072")
     try:
         blob = base64.b64decode(b64, validate=True)
         key = load_ssh_public_key(f"{algorithm} {b64}".encode())
@@ -47,7 +49,7 @@ def parse_public_key(text: str) -> PublicKey:
     except Exception:  # cryptography raises UnsupportedAlgorithm for unknown types
         raise InvalidInput("key-invalid", f"unsupported key type {algorithm}") from None
     bits: int | None = None
-    if isinstance(key, dsa.DSAPublicKey):
+    if isinstance(key, dsa.DSAPublicKey):  # a DSA key under another name
         raise InvalidInput("key-weak", "DSA keys are not accepted; use ed25519 or RSA >= 3072")
     if isinstance(key, rsa.RSAPublicKey):
         bits = key.key_size

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from recorder.errors import RecorderError
+from recorder.errors import RecorderError, StorageError
 from recorder.storage import Sink, StoredObject
 
 FLUSH_BYTES = 256 * 1024
@@ -50,6 +50,8 @@ class ChannelRecording:
         return self._clock() - self._t0
 
     def _append(self, *data: bytes) -> None:
+        if self._closed is not None:
+            raise StorageError("recording-closed", f"{self.key} is already closed")
         self._parts.extend(data)
         self._pending += sum(len(d) for d in data)
         if self._pending >= FLUSH_BYTES:

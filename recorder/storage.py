@@ -122,7 +122,7 @@ class LocalStorage:
         self.root = root
 
     def path(self, key: str) -> Path:
-        if not _KEY.match(key) or ".." in key.split("/"):
+        if not _KEY.fullmatch(key) or ".." in key.split("/"):
             raise StorageError("recording-key-invalid", f"bad storage key {key!r}")
         return self.root / key
 
