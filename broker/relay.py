@@ -321,10 +321,14 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
             self.upstream.close()
         if self.upstream_conn is not None:
             self.upstream_conn.close()
-        try:
-            await self._finalize()  # evidence first: the vendor sees the end after it is written
-        finally:
-            self._close_vendor()
+        if self.recording is not None:
+            self.ctx.flusher.discard(self.recording)
+            try:  # what the vendor saw reaches the file before the vendor sees the end
+                self.recording.flush()
+            except RecorderError as exc:
+                self._recording_failed(self.recording, exc)
+        self._close_vendor()
+        await self._finalize()
 
     def _close_vendor(self) -> None:
         chan, self.chan = self.chan, None
@@ -343,9 +347,9 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         if self.session_id is None:
             return
         stored = None
-        if self.recording is not None:
-            self.ctx.flusher.discard(self.recording)
-            stored = self.recording.close(complete=self.end_reason != "recording-failed")
+        if self.recording is not None:  # fsync off the event loop: other sessions go on
+            complete = self.end_reason != "recording-failed"
+            stored = await asyncio.to_thread(self.recording.close, complete)
         status = RecordingStatus.FINAL
         if stored is not None and not stored.complete:
             status = RecordingStatus.INCOMPLETE

@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.gateway import Gateway
@@ -37,12 +37,31 @@ async def wait_exit(term: TmuxSession, timeout: float = 15) -> int | None:
     raise AssertionError(f"ssh did not exit; screen:\n{term.screen()}")
 
 
+async def settled(db: Sessions) -> None:
+    """Wait until every session is closed out (the gateway seals recordings after the
+    vendor's client has already exited)."""
+    for _ in range(200):
+        async with db() as s:
+            open_sessions = await s.scalar(
+                select(func.count()).select_from(Session).where(Session.ended_at.is_(None))
+            )
+            open_recordings = await s.scalar(
+                select(func.count()).select_from(Recording).where(Recording.sha256.is_(None))
+            )
+        if not open_sessions and not open_recordings:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("sessions were not closed out")
+
+
 async def tags(db: Sessions) -> list[str]:
+    await settled(db)
     async with db() as s:
         return list(await s.scalars(select(AuditEvent.tag).order_by(AuditEvent.id)))
 
 
 async def only_session(db: Sessions) -> tuple[Session, Recording]:
+    await settled(db)
     async with db() as s:
         session = (await s.scalars(select(Session))).one()
         recording = (await s.scalars(select(Recording))).one()
@@ -92,6 +111,7 @@ async def test_device_password_never_reaches_the_vendor(
         outputs.append(result.stdout + result.stderr.encode())
     listing = await vendor.ssh(None)
     outputs.append(listing.stdout + listing.stderr.encode())
+    await settled(db)
     assert b"spdevice" in outputs[2] or sshd_device.username.encode() in outputs[2]
     for out in outputs:
         assert secret not in out
@@ -361,6 +381,7 @@ async def test_session_log_lines_carry_session_vendor_and_device(
         processors=[structlog.contextvars.merge_contextvars]
     ) as logs:
         result = await vendor.ssh("pump-12", "true")
+        await settled(db)
     assert result.returncode == 0
     session, _ = await only_session(db)
     by_event = {entry["event"]: entry for entry in logs}
