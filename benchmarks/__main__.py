@@ -31,7 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     results = report.Results(args.bytes, args.rounds, args.setup_runs, bulk, setup, setup_same_kex)
     print(report.table(results))
     if args.write:
-        args.write.write_text(report.markdown(results))
+        notes = ""
+        if args.write.exists():
+            old = args.write.read_text()
+            if report.NOTES_MARKER in old:
+                notes = old[old.index(report.NOTES_MARKER) :]
+        args.write.write_text(report.markdown(results) + ("\n" + notes if notes else ""))
         print(f"wrote {args.write}")
     return 0
 
