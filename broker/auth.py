@@ -49,6 +49,7 @@ class VendorServer(asyncssh.SSHServer):
         self.factor = Factor.NONE
         self._pending: str | None = None  # the method whose success asyncssh reports next
         self._first_method = ""
+        self._refusals: list[str] = []
 
     # -- connection ---------------------------------------------------------------
 
@@ -63,6 +64,27 @@ class VendorServer(asyncssh.SSHServer):
 
         # asyncssh has no multi-factor hook; intercept the success it would send.
         conn.send_userauth_success = gated_success  # type: ignore[method-assign]
+        self.refuse_forwarding_requests(conn)
+
+    def refuse_forwarding_requests(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Agent and X11 forwarding are refused (asyncssh's options already say no); these
+        hooks make each refusal an audit event and a note on the vendor's terminal."""
+
+        async def no_agent() -> bool:
+            self._refusals.append("agent forwarding")
+            await self._audit("broker:forward:deny", reason="agent-forwarding")
+            return False
+
+        async def no_x11(*_args: object) -> None:
+            self._refusals.append("X11 forwarding")
+            await self._audit("broker:forward:deny", reason="x11-forwarding")
+
+        conn.create_agent_listener = no_agent  # type: ignore[method-assign]
+        conn.attach_x11_listener = no_x11  # type: ignore[method-assign]
+
+    def take_refusals(self) -> list[str]:
+        refusals, self._refusals = self._refusals, []
+        return refusals
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.conn = None

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker import logging as splog
+from broker.ca import load_ca
 from broker.errors import BrokerError
 from broker.gateway import build_context, start_gateway
 from broker.keys import load_host_key
@@ -123,6 +124,12 @@ def _admin_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--email", default="")
     p.set_defaults(func=cmd_vendor_user_add)
 
+    ca = sub.add_parser("ca", help="the gateway's SSH certificate authority")
+    p = ca.add_subparsers(metavar="ACTION").add_parser(
+        "known-hosts", parents=[common], help="print the @cert-authority line vendors add"
+    )
+    p.set_defaults(func=cmd_ca_known_hosts)
+
     gr = sub.add_parser("grant", help="approved grants").add_subparsers(metavar="ACTION")
     p = gr.add_parser("add", parents=[common], help="add an approved grant")
     p.add_argument("--login", required=True)
@@ -161,6 +168,7 @@ def prepare(settings: Settings) -> None:
     load_vault(settings.vault_key_path)
     load_signing_key(settings.audit_key_path)
     load_host_key(settings.host_key_path)
+    load_host_key(settings.ca_key_path)
     migrate.upgrade(settings.database_url)
 
 
@@ -233,6 +241,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(demo.current_code(args.data))
         return 0
     return demo.run(args.data, args.ssh_port, args.web_port)
+
+
+def cmd_ca_known_hosts(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    print(load_ca(settings.ca_key_path, settings.host_key_path).known_hosts_line())
+    return 0
 
 
 def cmd_segment_add(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from broker.ca import HostCA
 from broker.tasks import TaskSet
 from policy.config import Settings
 from policy.models import utcnow
@@ -24,6 +25,7 @@ class GatewayContext:
     vault: Vault
     storage: LocalStorage
     audit: AuditLog
+    ca: HostCA
     flusher: Flusher = field(default_factory=Flusher)
     tasks: TaskSet = field(default_factory=TaskSet)
     clock: Callable[[], datetime] = utcnow

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 import asyncssh
 import structlog
 
 from broker.auth import VendorServer
+from broker.ca import load_ca
 from broker.context import GatewayContext
 from broker.errors import BrokerError
+from broker.forward import open_forward, refuse_nested
+from broker.jump import inner_state
 from broker.keys import load_host_key
 from broker.relay import VendorSession
 from policy.config import Settings
@@ -31,6 +36,43 @@ class GatewayServer(VendorServer):
     def session_requested(self) -> asyncssh.SSHServerSession[bytes]:
         return VendorSession(self)  # shell/exec, checked against the grants when it starts
 
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Awaitable[asyncssh.SSHTCPSession[bytes]]:
+        # Local forwards and ProxyJump: allowed only to a granted device service, each
+        # decided (and refused with a reason) in open_forward.
+        return open_forward(self, dest_host, dest_port)
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        self.ctx.tasks.spawn(
+            self._audit(
+                "broker:forward:deny",
+                reason="remote-forward",
+                listen=f"{listen_host}:{listen_port}",
+            )
+        )
+        return False  # remote forwards (-R) would open the hospital network outward
+
+
+class InnerServer(GatewayServer):
+    """The SSH server a ProxyJump channel carries: already authenticated by the outer one."""
+
+    def __init__(self, outer: VendorServer, device: str) -> None:
+        super().__init__(outer.ctx)
+        inner_state(self, outer, device)
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn  # no second-factor gate: the outer connection passed both factors
+        self.refuse_forwarding_requests(conn)
+
+    async def begin_auth(self, username: str) -> bool:
+        return False  # identity comes from the outer connection (key + TOTP)
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Awaitable[asyncssh.SSHTCPSession[bytes]]:
+        return refuse_nested(self)
+
 
 def build_context(settings: Settings) -> GatewayContext:
     engine = create_engine(settings.database_url)
@@ -41,6 +83,7 @@ def build_context(settings: Settings) -> GatewayContext:
         vault=load_vault(settings.vault_key_path),
         storage=LocalStorage(settings.recordings_dir),
         audit=AuditLog(sessions),
+        ca=load_ca(settings.ca_key_path, settings.host_key_path),
     )
 
 
@@ -82,6 +125,22 @@ async def start_gateway(
     return gateway
 
 
+# Options shared by the listener and the ProxyJump inner servers.
+GATEWAY_OPTIONS: dict[str, Any] = {
+    "encoding": None,
+    "line_editor": False,
+    "agent_forwarding": False,
+    "x11_forwarding": False,
+    "allow_scp": False,
+    "allow_pty": True,
+    "config": None,
+    "login_timeout": 60,
+    "keepalive_interval": 30,
+    "server_version": "sallyport",
+    "encryption_algs": VENDOR_CIPHERS,
+}
+
+
 async def _listen(
     ctx: GatewayContext, host: str, port: int, host_key: asyncssh.SSHKey
 ) -> asyncssh.SSHAcceptor:
@@ -90,15 +149,5 @@ async def _listen(
         port,
         server_factory=lambda: GatewayServer(ctx),
         server_host_keys=[host_key],
-        encoding=None,
-        line_editor=False,
-        agent_forwarding=False,
-        x11_forwarding=False,
-        allow_scp=False,
-        allow_pty=True,
-        config=None,
-        login_timeout=60,
-        keepalive_interval=30,
-        server_version="sallyport",
-        encryption_algs=VENDOR_CIPHERS,
+        **GATEWAY_OPTIONS,
     )

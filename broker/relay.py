@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 import structlog
-from sqlalchemy import select
 
 from broker import messages
 from broker.errors import BrokerError
 from broker.grants import render_grants
+from broker.records import SessionEnd, add_recording, close_session, open_session, recording_key
 from broker.upstream import connect_device
 from policy import store
 from policy.decide import Decision, decide_target
-from policy.models import Device, Recording, RecordingStatus, Session, utcnow
+from policy.models import Device
 from recorder.channel import AsciicastRecording, ChannelRecording, StreamRecording
 from recorder.errors import RecorderError
 
@@ -47,6 +47,8 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         self.modes: Mapping[int, int] = {}
         self.kind = "shell"
         self.command: str | None = None
+        self.subsystem: str | None = None
+        self.env: dict[bytes | str, bytes | str] = {}
         self.upstream: asyncssh.SSHClientChannel[bytes] | None = None
         self.upstream_conn: asyncssh.SSHClientConnection | None = None
         self.recording: ChannelRecording | None = None
@@ -81,10 +83,8 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         return True  # relayed to the device as the same command
 
     def subsystem_requested(self, subsystem: str) -> bool:
-        self.ctx.tasks.spawn(
-            self.server._audit("broker:channel:deny", reason="subsystem", subsystem=subsystem)
-        )
-        return False
+        self.kind, self.subsystem = "subsystem", subsystem
+        return True  # accepted only to tell the vendor why it is refused (see _run)
 
     def session_started(self) -> None:
         self.ctx.tasks.spawn(self._run(), name="vendor-session")
@@ -158,6 +158,10 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
             vendor=self.server.login, device=target.device if target else None
         )
         try:
+            await self._report_refused_requests()
+            if self.kind == "subsystem":
+                await self._refuse_subsystem()
+                return
             if target is None or target.device is None:
                 await self._list_grants()
                 return
@@ -175,6 +179,28 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
             self._end(f"error:{type(exc).__name__}")
         finally:
             await self._finish()
+
+    async def _report_refused_requests(self) -> None:
+        """Tell the vendor about refused agent/X11 forwarding and environment variables."""
+        for feature in self.server.take_refusals():
+            self._refuse(f"sallyport: {feature} is not allowed; request refused")
+        assert self.chan is not None
+        env = self.chan.get_environment()
+        self.env = {k: v for k, v in env.items() if env_allowed(k)}
+        refused = sorted(k for k in env if not env_allowed(k))
+        if refused:
+            self._refuse(
+                "sallyport: environment variables not passed to the device (only TERM, "
+                f"LANG and LC_*): {', '.join(refused)}"
+            )
+            await self.server._audit("broker:env:deny", names=refused)
+
+    async def _refuse_subsystem(self) -> None:
+        self._refuse(f"sallyport: subsystem '{self.subsystem}' is not allowed")
+        await self.server._audit(
+            "broker:channel:deny", reason="subsystem", subsystem=self.subsystem
+        )
+        self.end_reason = "denied"
 
     async def _list_grants(self) -> None:
         assert self.chan is not None
@@ -202,31 +228,10 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
     async def _open(self, device: Device, decision: Decision) -> None:
         assert self.chan is not None and decision.grant is not None and self.server.user
         grant = decision.grant
-        session = Session(
-            vendor_user_id=self.server.user.id,
-            device_id=device.id,
-            grant_id=grant.id,
-            ticket_ref=grant.ticket_ref,
-            kind=self.kind,
-            command=self.command,
-            client_address=self.server.peer,
-            gateway_node=self.ctx.settings.node_name,
-        )
-        async with self.ctx.sessions() as db:
-            db.add(session)
-            await db.commit()
-        self.session_id = session.id
-        self.log = self.log.bind(session_id=session.id)
-        structlog.contextvars.bind_contextvars(session_id=session.id)
-        await self.server._audit(
-            "broker:session:start",
-            session_id=session.id,
-            grant=grant.id,
-            ticket=grant.ticket_ref,
-            kind=self.kind,
-            command=self.command,
-        )
-        self.recording = await self._start_recording(session.id)
+        self.session_id = await open_session(self.server, device, grant, self.kind, self.command)
+        self.log = self.log.bind(session_id=self.session_id)
+        structlog.contextvars.bind_contextvars(session_id=self.session_id)
+        self.recording = await self._start_recording(self.session_id)
         self._arm_window_end(grant.window_end)
         self.upstream_conn = await connect_device(
             device, self.ctx.vault, self.ctx.settings.upstream_connect_timeout
@@ -237,6 +242,7 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
             term_type=self.term,
             term_size=(*self.size, 0, 0) if self.term else None,
             term_modes=self.modes or None,
+            env=self.env or (),
             encoding=None,
         )
         if self._done.is_set():  # the vendor left or the window closed meanwhile
@@ -250,7 +256,7 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
             chan.write_eof()
 
     async def _start_recording(self, session_id: str) -> ChannelRecording:
-        key = f"{utcnow():%Y/%m/%d}/{session_id}/{self.kind}.{'cast' if self.term else 'sps'}"
+        key = recording_key(session_id, f"{self.kind}.{'cast' if self.term else 'sps'}")
         sink = self.ctx.storage.create(key)
         started = time.time()
         recording: ChannelRecording
@@ -266,9 +272,7 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
             )
         else:
             recording = StreamRecording(sink, started_at=started, command=self.command)
-        async with self.ctx.sessions() as db:
-            db.add(Recording(session_id=session_id, format=recording.format, storage_key=key))
-            await db.commit()
+        await add_recording(self.server, session_id, key, recording.format)
         self.ctx.flusher.add(recording, self._recording_failed)
         return recording
 
@@ -350,41 +354,12 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         if self.recording is not None:  # fsync off the event loop: other sessions go on
             complete = self.end_reason != "recording-failed"
             stored = await asyncio.to_thread(self.recording.close, complete)
-        status = RecordingStatus.FINAL
-        if stored is not None and not stored.complete:
-            status = RecordingStatus.INCOMPLETE
-        now = utcnow()
-        async with self.ctx.sessions() as db:
-            session = await db.get(Session, self.session_id)
-            assert session is not None
-            session.ended_at = now
-            session.end_reason = self.end_reason or "closed"
-            session.exit_status = self.exit_status
-            if self.recording is not None:
-                rec = await db.scalar(
-                    select(Recording).where(Recording.storage_key == self.recording.key)
-                )
-                assert rec is not None
-                rec.status = status
-                rec.finished_at = now
-                if stored is not None:
-                    rec.sha256, rec.size = stored.sha256, stored.size
-            await db.commit()
-        if stored is not None:
-            await self.server._audit(
-                "broker:recording:final",
-                session_id=self.session_id,
-                key=stored.key,
-                sha256=stored.sha256,
-                size=stored.size,
-                status=str(status),
-            )
-        await self.server._audit(
-            "broker:session:end",
-            session_id=self.session_id,
-            reason=self.end_reason,
-            exit_status=self.exit_status,
-        )
+        end = SessionEnd(self.end_reason or "closed", self.exit_status, stored)
+        await close_session(self.server, self.session_id, end)
+
+
+def env_allowed(name: str) -> bool:
+    return name in ("TERM", "LANG") or name.startswith("LC_")
 
 
 class DeviceSession(asyncssh.SSHClientSession[bytes]):

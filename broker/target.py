@@ -20,10 +20,14 @@ def parse_username(username: str) -> Target | None:
     Names are looked up in the inventory later; nothing here resolves an address.
     """
     login, sep, device = username.partition(":")
-    if not _NAME.match(login):
+    if not _NAME.fullmatch(login):
         return None
     if not sep:
         return Target(login, None)
-    if not _NAME.match(device):
+    if not _NAME.fullmatch(device):
         return None
     return Target(login, device)
+
+
+def is_inventory_name(name: str) -> bool:
+    return bool(_NAME.fullmatch(name))

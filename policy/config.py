@@ -48,6 +48,10 @@ class Settings:
     def host_key_path(self) -> Path:
         return self.keys_dir / "ssh_host_ed25519_key"
 
+    @property
+    def ca_key_path(self) -> Path:
+        return self.keys_dir / "ssh_ca_ed25519_key"
+
 
 # (TOML section, key) -> (Settings field, converter)
 _FIELDS: dict[tuple[str, str], tuple[str, type]] = {

@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import structlog
 
-from recorder.channel import ChannelRecording
 from recorder.errors import RecorderError
 
 log = structlog.get_logger(__name__)
 
-FailureHandler = Callable[[ChannelRecording, RecorderError], None]
+
+class Flushable(Protocol):
+    def flush(self) -> None: ...
+
+
+FailureHandler = Callable[[Any, RecorderError], None]
 
 
 class Flusher:
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
-        self._open: dict[ChannelRecording, FailureHandler] = {}
+        self._open: dict[Flushable, FailureHandler] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, recording: ChannelRecording, on_failure: FailureHandler) -> None:
+    def add(self, recording: Flushable, on_failure: FailureHandler) -> None:
         self._open[recording] = on_failure
 
-    def discard(self, recording: ChannelRecording) -> None:
+    def discard(self, recording: Flushable) -> None:
         self._open.pop(recording, None)
 
     def flush_all(self) -> None:

@@ -1,0 +1,231 @@
+"""direct-tcpip channels: ``ssh -L`` forwards and ``ssh -J`` jumps, each to a granted service.
+
+A destination is an inventory device name; its address comes from the inventory only.
+Port 22 (or the device's ssh service port) means the device's SSH service and goes to
+the ProxyJump interception, so even a raw forward to SSH is recorded with the injected
+credential. Any other port must be a service of the device that a live grant names, at
+an address the network rules allow; the connection is captured to pcap both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+import structlog
+
+from broker.jump import open_jump
+from broker.records import SessionEnd, add_recording, close_session, open_session, recording_key
+from broker.target import is_inventory_name
+from policy import store
+from policy.decide import Decision, Reason, decide_target
+from policy.models import Device
+from policy.netcheck import forward_address_problem
+from recorder.errors import RecorderError
+
+if TYPE_CHECKING:
+    from broker.auth import VendorServer
+
+log = structlog.get_logger(__name__)
+
+CONNECT_TIMEOUT = 10.0
+PROHIBITED = asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
+
+
+class ForwardRefused(asyncssh.ChannelOpenError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(PROHIBITED, f"sallyport: forward refused: {reason}")
+
+
+async def open_forward(
+    server: VendorServer, dest_host: str, dest_port: int
+) -> asyncssh.SSHTCPSession[bytes]:
+    try:
+        return await _open(server, dest_host, dest_port)
+    except ForwardRefused as exc:
+        await server._audit(
+            "broker:forward:deny", reason=exc.reason, destination=f"{dest_host}:{dest_port}"
+        )
+        raise
+
+
+async def refuse_nested(server: VendorServer) -> asyncssh.SSHTCPSession[bytes]:
+    await server._audit("broker:forward:deny", reason="forward inside a jump")
+    raise ForwardRefused("forwarding inside a ProxyJump connection is not allowed")
+
+
+async def _open(
+    server: VendorServer, dest_host: str, dest_port: int
+) -> asyncssh.SSHTCPSession[bytes]:
+    if server.user is None:
+        raise ForwardRefused("not authenticated")
+    if not is_inventory_name(dest_host):
+        raise ForwardRefused(f"{dest_host!r} is not a device name (addresses are not accepted)")
+    async with server.ctx.sessions() as db:
+        device = await store.device(db, dest_host)
+        grants = await store.grants_for(db, server.user.id)
+    if device is None:
+        raise ForwardRefused(f"device '{dest_host}' is not in the inventory")
+    by_port = {s.port: s.name for s in device.services}
+    ssh_port = next((s.port for s in device.services if s.name == "ssh"), None)
+    if ssh_port is not None and dest_port in (22, ssh_port):
+        _check(decide_target(device.name, True, "ssh", grants, server.ctx.now()), device)
+        await server._audit("broker:jump:open", destination=f"{device.name}:{dest_port}")
+        return await open_jump(server, device.name)
+    service = by_port.get(dest_port)
+    if service is None:
+        raise ForwardRefused(f"device '{device.name}' has no service on port {dest_port}")
+    decision = decide_target(device.name, True, service, grants, server.ctx.now())
+    _check(decision, device)
+    problem = forward_address_problem(
+        device.address, device.segment.networks, is_gateway_address(device.address)
+    )
+    if problem is not None:
+        raise ForwardRefused(problem)
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(device.address, dest_port), CONNECT_TIMEOUT
+        )
+    except (OSError, TimeoutError):
+        raise ForwardRefused(f"{device.name}:{dest_port} ({service}) is unreachable") from None
+    assert decision.grant is not None
+    session_id = await open_session(
+        server, device, decision.grant, "forward", f"{service} {device.name}:{dest_port}"
+    )
+    from recorder.pcap import TcpCapture
+
+    key = recording_key(session_id, f"forward-{service}-{dest_port}.pcap")
+    client = server.peer.rsplit(":", 1)
+    capture = TcpCapture(
+        server.ctx.storage.create(key),
+        client=(client[0], int(client[1])) if len(client) == 2 else ("0.0.0.0", 0),
+        server=(device.address, dest_port),
+    )
+    await add_recording(server, session_id, key, "pcap")
+    return ForwardSession(server, session_id, capture, reader, writer, decision)
+
+
+def _check(decision: Decision, device: Device) -> None:
+    if not decision.allow:
+        detail = f" ({decision.detail})" if decision.detail else ""
+        raise ForwardRefused(f"{_REASONS.get(decision.reason, decision.reason)}{detail}")
+
+
+_REASONS = {
+    Reason.NO_GRANT: "no grant for this device",
+    Reason.SERVICE_NOT_GRANTED: "the grant does not include this service",
+    Reason.WINDOW_NOT_STARTED: "the access window has not started",
+    Reason.WINDOW_ENDED: "the access window has ended",
+    Reason.GRANT_REVOKED: "the grant was revoked",
+}
+
+
+def is_gateway_address(address: str) -> bool:
+    """True if ``address`` belongs to this host: only a local address can be bound."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+class ForwardSession(asyncssh.SSHTCPSession[bytes]):
+    """Relays one forwarded connection, capturing both directions to pcap first."""
+
+    def __init__(
+        self,
+        server: VendorServer,
+        session_id: str,
+        capture: Any,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        decision: Decision,
+    ) -> None:
+        self.server, self.session_id, self.capture = server, session_id, capture
+        self.reader, self.writer = reader, writer
+        self.chan: asyncssh.SSHTCPChannel[bytes] | None = None
+        self.started = time.monotonic()
+        self.end_reason: str | None = None
+        self._may_write = asyncio.Event()
+        self._may_write.set()
+        self._done = asyncio.Event()
+        assert decision.grant is not None
+        delay = (decision.grant.window_end - server.ctx.now()).total_seconds()
+        self._timer = asyncio.get_running_loop().call_later(
+            max(0.0, delay), self._end, "window-ended"
+        )
+
+    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        self.chan = chan
+        self.server.ctx.flusher.add(self.capture, self._capture_failed)
+        self.server.ctx.tasks.spawn(self._from_device(), name="forward-from-device")
+        self.server.ctx.tasks.spawn(self._run(), name="forward")
+
+    async def _from_device(self) -> None:
+        assert self.chan is not None
+        try:
+            while data := await self.reader.read(65536):
+                await self._may_write.wait()
+                if self._done.is_set():
+                    return
+                self.capture.from_server(data)
+                self.chan.write(data)
+            self.chan.write_eof()
+        except RecorderError:
+            self._end("recording-failed")
+        except (OSError, asyncssh.Error):
+            self._end("device-closed")
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self._done.is_set():
+            return
+        try:
+            self.capture.from_client(data)
+        except RecorderError:
+            self._end("recording-failed")
+            return
+        self.writer.write(data)
+
+    def eof_received(self) -> bool:
+        if self.writer.can_write_eof():
+            self.writer.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        self._may_write.clear()
+
+    def resume_writing(self) -> None:
+        self._may_write.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end("closed")
+
+    def _capture_failed(self, capture: object, exc: RecorderError) -> None:
+        self._end("recording-failed")
+
+    def _end(self, reason: str) -> None:
+        if self.end_reason is None:
+            self.end_reason = reason
+        self._done.set()
+        self._may_write.set()
+
+    async def _run(self) -> None:
+        await self._done.wait()
+        self._timer.cancel()
+        self.server.ctx.flusher.discard(self.capture)
+        self.writer.close()
+        if self.chan is not None:
+            self.chan.close()
+        stored = await asyncio.to_thread(self.capture.close, self.end_reason != "recording-failed")
+        end = SessionEnd(
+            self.end_reason or "closed",
+            stored=stored,
+            bytes_from_vendor=self.capture.bytes_from_client,
+            bytes_from_device=self.capture.bytes_from_server,
+        )
+        await close_session(self.server, self.session_id, end)
