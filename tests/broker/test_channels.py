@@ -136,11 +136,7 @@ async def test_refused_channel_features(
     audit = await tags(db)
     if reason == "remote-forward":
         assert result.returncode == 255
-        async with db() as s:
-            denials = list(
-                await s.scalars(select(AuditEvent).where(AuditEvent.tag == "broker:forward:deny"))
-            )
-        assert denials == ["remote-forward"]
+        assert await denial_reasons(db) == ["remote-forward"]
     else:
         assert "broker:env:deny" in audit
         assert result.stdout.startswith(b"LANG=")
