@@ -88,6 +88,9 @@ def _admin_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = seg.add_parser("add", parents=[common], help="add a segment")
     p.add_argument("name")
     p.add_argument("--description", default="")
+    p.add_argument(
+        "--network", action="append", default=[], help="CIDR of the segment (repeatable)"
+    )
     p.set_defaults(func=cmd_segment_add)
 
     dev = sub.add_parser("device", help="device inventory").add_subparsers(metavar="ACTION")
@@ -251,7 +254,9 @@ def cmd_ca_known_hosts(args: argparse.Namespace) -> int:
 
 def cmd_segment_add(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    segment = with_db(settings, lambda db: admin.add_segment(db, args.name, args.description))
+    segment = with_db(
+        settings, lambda db: admin.add_segment(db, args.name, args.description, args.network)
+    )
     print(f"segment {segment.name} added")
     return 0
 

@@ -25,6 +25,7 @@ from policy.decide import Decision, Reason, decide_target
 from policy.models import Device
 from policy.netcheck import forward_address_problem
 from recorder.errors import RecorderError
+from recorder.pcap import TcpCapture
 
 if TYPE_CHECKING:
     from broker.auth import VendorServer
@@ -95,8 +96,6 @@ async def _open(
     session_id = await open_session(
         server, device, decision.grant, "forward", f"{service} {device.name}:{dest_port}"
     )
-    from recorder.pcap import TcpCapture
-
     key = recording_key(session_id, f"forward-{service}-{dest_port}.pcap")
     client = server.peer.rsplit(":", 1)
     capture = TcpCapture(
@@ -141,7 +140,7 @@ class ForwardSession(asyncssh.SSHTCPSession[bytes]):
         self,
         server: VendorServer,
         session_id: str,
-        capture: Any,
+        capture: TcpCapture,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         decision: Decision,
@@ -154,6 +153,7 @@ class ForwardSession(asyncssh.SSHTCPSession[bytes]):
         self._may_write = asyncio.Event()
         self._may_write.set()
         self._done = asyncio.Event()
+        self._eof: set[str] = set()
         assert decision.grant is not None
         delay = (decision.grant.window_end - server.ctx.now()).total_seconds()
         self._timer = asyncio.get_running_loop().call_later(
@@ -176,6 +176,7 @@ class ForwardSession(asyncssh.SSHTCPSession[bytes]):
                 self.capture.from_server(data)
                 self.chan.write(data)
             self.chan.write_eof()
+            self._half_closed("device")
         except RecorderError:
             self._end("recording-failed")
         except (OSError, asyncssh.Error):
@@ -194,7 +195,13 @@ class ForwardSession(asyncssh.SSHTCPSession[bytes]):
     def eof_received(self) -> bool:
         if self.writer.can_write_eof():
             self.writer.write_eof()
+        self._half_closed("vendor")
         return True
+
+    def _half_closed(self, side: str) -> None:
+        self._eof.add(side)
+        if len(self._eof) == 2:  # both directions finished: the connection is over
+            self._end("closed")
 
     def pause_writing(self) -> None:
         self._may_write.clear()

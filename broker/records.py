@@ -81,6 +81,8 @@ async def close_session(server: VendorServer, session_id: str, end: SessionEnd) 
         session.ended_at = now
         session.end_reason = end.reason
         session.exit_status = end.exit_status
+        session.bytes_from_vendor = end.bytes_from_vendor
+        session.bytes_from_device = end.bytes_from_device
         if stored is not None:
             rec = await db.scalar(select(Recording).where(Recording.storage_key == stored.key))
             assert rec is not None

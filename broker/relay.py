@@ -19,6 +19,13 @@ import structlog
 from broker import messages
 from broker.errors import BrokerError
 from broker.grants import render_grants
+from broker.transfers import (
+    FileTransfer,
+    TransferRefusal,
+    TransferRefused,
+    TransferTap,
+    transfer_tap,
+)
 from broker.records import SessionEnd, add_recording, close_session, open_session, recording_key
 from broker.upstream import connect_device
 from policy import store
@@ -48,6 +55,7 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         self.kind = "shell"
         self.command: str | None = None
         self.subsystem: str | None = None
+        self.tap: TransferTap | None = None
         self.env: dict[bytes | str, bytes | str] = {}
         self.upstream: asyncssh.SSHClientChannel[bytes] | None = None
         self.upstream_conn: asyncssh.SSHClientConnection | None = None
@@ -83,8 +91,11 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         return True  # relayed to the device as the same command
 
     def subsystem_requested(self, subsystem: str) -> bool:
-        self.kind, self.subsystem = "subsystem", subsystem
-        return True  # accepted only to tell the vendor why it is refused (see _run)
+        # sftp is relayed through the transfer tap; any other subsystem is accepted only
+        # to tell the vendor why it is refused (see _run)
+        self.kind = "sftp" if subsystem == "sftp" else "subsystem"
+        self.subsystem = subsystem
+        return True
 
     def session_started(self) -> None:
         self.ctx.tasks.spawn(self._run(), name="vendor-session")
@@ -95,7 +106,15 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         if self.upstream is None:
             self._pending.append(data)
             return
-        if self._record(lambda r: r.input(data)):  # nothing reaches the device unrecorded
+        if not self._record(lambda r: r.input(data)):  # nothing reaches the device unrecorded
+            return
+        if self.tap is not None:
+            data, reply = self.tap.client(data)
+            self._tap_events()
+            if reply and self.chan is not None:
+                self._record(lambda r: r.output(reply))
+                self.chan.write(reply)
+        if data:
             self.upstream.write(data)
 
     def eof_received(self) -> bool:
@@ -139,6 +158,9 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         chan, recording = self.chan, self.recording
         if chan is None or self._done.is_set():
             return
+        if self.tap is not None:
+            data = self.tap.server(data) if not datatype else data
+            self._tap_events()
         if recording is not None:  # record first: nothing reaches the vendor unrecorded
             try:
                 recording.output(data, 2 if datatype else 1)
@@ -232,6 +254,10 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         self.log = self.log.bind(session_id=self.session_id)
         structlog.contextvars.bind_contextvars(session_id=self.session_id)
         self.recording = await self._start_recording(self.session_id)
+        self.tap = transfer_tap(self.kind, self.command, grant.transfers)
+        if self.tap is not None and self.tap.refusal is not None:
+            await self._audit_transfer(self.tap.refusal)
+            raise TransferRefused(self.tap.refusal.reason)
         self._arm_window_end(grant.window_end)
         self.upstream_conn = await connect_device(
             device, self.ctx.vault, self.ctx.settings.upstream_connect_timeout
@@ -239,6 +265,7 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         chan, _ = await self.upstream_conn.create_session(
             lambda: DeviceSession(self),
             self.command,
+            subsystem=self.subsystem if self.kind == "sftp" else None,
             term_type=self.term,
             term_size=(*self.size, 0, 0) if self.term else None,
             term_modes=self.modes or None,
@@ -332,7 +359,38 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
             except RecorderError as exc:
                 self._recording_failed(self.recording, exc)
         self._close_vendor()
+        if self.tap is not None:
+            for event in self.tap.close():
+                await self._audit_transfer(event)
         await self._finalize()
+
+    def _tap_events(self) -> None:
+        assert self.tap is not None
+        for event in self.tap.events():
+            self.ctx.tasks.spawn(self._audit_transfer(event))
+        if self.tap.desync is not None:
+            self._refuse(f"sallyport: file transfer protocol not understood; session closed")
+            self._end("transfer-tap-desync")
+
+    async def _audit_transfer(self, event: FileTransfer | TransferRefusal) -> None:
+        if isinstance(event, FileTransfer):
+            await self.server._audit(
+                "broker:transfer:file",
+                session_id=self.session_id,
+                path=event.path,
+                direction=event.direction,
+                size=event.size,
+                sha256=event.sha256,
+                complete=event.complete,
+            )
+        else:
+            await self.server._audit(
+                "broker:transfer:deny",
+                session_id=self.session_id,
+                operation=event.operation,
+                path=event.path,
+                reason=event.reason,
+            )
 
     def _close_vendor(self) -> None:
         chan, self.chan = self.chan, None

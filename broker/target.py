@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -24,10 +25,17 @@ def parse_username(username: str) -> Target | None:
         return None
     if not sep:
         return Target(login, None)
-    if not _NAME.fullmatch(device):
+    if not is_inventory_name(device):
         return None
     return Target(login, device)
 
 
 def is_inventory_name(name: str) -> bool:
-    return bool(_NAME.fullmatch(name))
+    """A plain inventory name, and never an address (which would bypass the inventory)."""
+    if not _NAME.fullmatch(name):
+        return False
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return True
+    return False

@@ -60,12 +60,20 @@ class Credential:
 
 
 def check_name(kind: str, name: str) -> str:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name) or _is_address(name):
         raise InvalidInput(
             f"{kind}-name-invalid",
             f"{kind} name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)",
         )
     return name
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def check_address(address: str) -> str:
@@ -78,8 +86,16 @@ def check_address(address: str) -> str:
         ) from None
 
 
-async def add_segment(db: AsyncSession, name: str, description: str = "") -> Segment:
-    segment = Segment(name=check_name("segment", name), description=description)
+async def add_segment(
+    db: AsyncSession, name: str, description: str = "", networks: Sequence[str] = ()
+) -> Segment:
+    cidrs = []
+    for cidr in networks:
+        try:
+            cidrs.append(str(ipaddress.ip_network(cidr.strip(), strict=True)))
+        except ValueError as exc:
+            raise InvalidInput("network-invalid", f"segment network {cidr!r}: {exc}") from None
+    segment = Segment(name=check_name("segment", name), description=description, networks=cidrs)
     db.add(segment)
     await _commit(db, f"segment {name!r} already exists")
     return segment

@@ -44,6 +44,7 @@ class GrantView:
     window_start: datetime
     window_end: datetime
     revoked_at: datetime | None = None
+    transfers: str = "read-write"
 
     def live_at(self, now: datetime) -> bool:
         return self.revoked_at is None and self.window_start <= now < self.window_end

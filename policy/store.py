@@ -54,6 +54,7 @@ def grant_view(grant: Grant) -> GrantView:
         window_start=grant.window_start,
         window_end=grant.window_end,
         revoked_at=grant.revoked_at,
+        transfers=grant.transfers,
     )
 
 

@@ -417,8 +417,12 @@ def run_sshd(
     username: str = "spdevice",
     password: str | None = None,
     host: str = "127.0.0.1",
+    netns: str | None = None,
 ) -> Iterator[SshdDevice]:
     """Run ``sshd -D -e`` on a free port of *host* until the block exits.
+
+    With *netns*, sshd runs inside that network namespace (``ip netns exec``) on port 22
+    of *host*, an address of the namespace that the caller has routed to.
 
     *password* defaults to a random strong one.  The Linux account is global: while any
     other instance (in any process) uses the same *username*, its password is reused and
@@ -435,7 +439,9 @@ def run_sshd(
     try:
         password, token = _acquire_user(username, password)
         try:
-            with _run(workdir, username=username, password=password, host=host) as device:
+            with _run(
+                workdir, username=username, password=password, host=host, netns=netns
+            ) as device:
                 yield device
         finally:
             _release_user(username, token)
@@ -445,7 +451,9 @@ def run_sshd(
 
 
 @contextlib.contextmanager
-def _run(workdir: Path, *, username: str, password: str, host: str) -> Iterator[SshdDevice]:
+def _run(
+    workdir: Path, *, username: str, password: str, host: str, netns: str | None = None
+) -> Iterator[SshdDevice]:
     workdir.mkdir(parents=True, exist_ok=True)
     _ensure_privsep_dir()
     _grant_traverse(workdir)
@@ -459,7 +467,7 @@ def _run(workdir: Path, *, username: str, password: str, host: str) -> Iterator[
     log_path = workdir / "sshd.log"
 
     for _attempt in range(BIND_ATTEMPTS):
-        port = free_port(host)
+        port = 22 if netns else free_port(host)
         config.write_text(
             _render_config(
                 host=host,
@@ -472,8 +480,9 @@ def _run(workdir: Path, *, username: str, password: str, host: str) -> Iterator[
         )
         _check_config(config)
         with log_path.open("wb") as log:
+            prefix = ["ip", "netns", "exec", netns] if netns else []
             proc = subprocess.Popen(
-                [SSHD, "-D", "-e", "-f", str(config)],
+                [*prefix, SSHD, "-D", "-e", "-f", str(config)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
