@@ -19,6 +19,7 @@ import structlog
 from broker import messages
 from broker.errors import BrokerError
 from broker.grants import render_grants
+from broker.records import SessionEnd, add_recording, close_session, open_session, recording_key
 from broker.transfers import (
     FileTransfer,
     TransferRefusal,
@@ -26,7 +27,6 @@ from broker.transfers import (
     TransferTap,
     transfer_tap,
 )
-from broker.records import SessionEnd, add_recording, close_session, open_session, recording_key
 from broker.upstream import connect_device
 from policy import store
 from policy.decide import Decision, decide_target
@@ -369,7 +369,7 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         for event in self.tap.events():
             self.ctx.tasks.spawn(self._audit_transfer(event))
         if self.tap.desync is not None:
-            self._refuse(f"sallyport: file transfer protocol not understood; session closed")
+            self._refuse("sallyport: file transfer protocol not understood; session closed")
             self._end("transfer-tap-desync")
 
     async def _audit_transfer(self, event: FileTransfer | TransferRefusal) -> None:

@@ -101,7 +101,7 @@ async def test_vendor_reaches_exactly_the_granted_services(
     assert b"200 OK" in out and f"console of {icu.host(10)}: OK".encode() in out
 
     refused = {
-        f"pump-a:22": "the grant does not include this service",  # ssh not granted
+        "pump-a:22": "the grant does not include this service",  # ssh not granted
         "pump-a:9999": "has no service on port 9999",
         f"monitor-a:{WEB}": "no grant for this device",
         f"ct-b:{WEB}": "no grant for this device",
@@ -127,7 +127,7 @@ async def test_forward_is_captured_to_pcap_that_tshark_reads(
     vendor: VendorLogin, inventory: dict[str, NetSegment], db: Sessions, gateway: Gateway
 ) -> None:
     await grant(db, devices=["pump-a"], services=["https"])
-    code, out, err = await via_gateway(vendor, f"pump-a:{WEB}")
+    code, _out, err = await via_gateway(vendor, f"pump-a:{WEB}")
     assert code == 0, err
     await settled(db)
     async with db() as s:
