@@ -170,3 +170,54 @@ async def test_proxyjump_into_a_segment_device(
     assert result.returncode == 0, result.stderr
     assert inventory["icu"].host(10).encode() in result.stdout
     await asyncio.sleep(0)
+
+
+async def test_local_forward_with_ssh_dash_L(
+    vendor: VendorLogin,
+    inventory: dict[str, NetSegment],
+    db: Sessions,
+    gateway: Gateway,
+    tmp_path: Path,
+) -> None:
+    """``ssh -N -L PORT:pump-a:8080``, then a plain HTTP client on the vendor's side."""
+    import socket
+
+    from tests.support.openssh import client_env, make_askpass, ssh_argv
+
+    await grant(db, devices=["pump-a"], services=["https"])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        local = probe.getsockname()[1]
+    askpass = make_askpass(tmp_path, [vendor.code()])
+    argv = ssh_argv(
+        host="127.0.0.1", port=gateway.port, user="vendor1", identity=vendor.identity,
+        command=None, extra_args=["-N", "-o", "ExitOnForwardFailure=yes",
+                                  "-L", f"127.0.0.1:{local}:pump-a:{WEB}"],
+    )  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=client_env(askpass.env), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        for _ in range(200):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", local)
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the -L listener never came up")
+        writer.write(REQUEST)
+        response = await asyncio.wait_for(reader.read(), 15)
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert b"200 OK" in response and b"console of" in response
+    await settled(db)
+    async with db() as s:
+        session = (await s.scalars(select(Session))).one()
+    assert session.kind == "forward" and session.bytes_from_vendor == len(REQUEST)
+    assert session.bytes_from_device == len(response)
