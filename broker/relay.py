@@ -367,6 +367,9 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
     def _tap_events(self) -> None:
         assert self.tap is not None
         for event in self.tap.events():
+            if isinstance(event, TransferRefusal):  # stock sftp shows only "Permission denied"
+                reason = event.reason.removeprefix("sallyport: ")
+                self._refuse(f"sallyport: {event.operation} {event.path}: {reason}")
             self.ctx.tasks.spawn(self._audit_transfer(event))
         if self.tap.desync is not None:
             self._refuse("sallyport: file transfer protocol not understood; session closed")
