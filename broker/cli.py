@@ -143,6 +143,12 @@ def _admin_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     win = p.add_mutually_exclusive_group(required=True)
     win.add_argument("--end", type=parse_time, help="ISO 8601 with zone")
     win.add_argument("--hours", type=float, help="window length from start")
+    p.add_argument(
+        "--transfers",
+        choices=["read-write", "download-only", "upload-only", "none"],
+        default="read-write",
+        help="what sftp/scp may do on the granted devices",
+    )
     p.add_argument("--approved-by", default=None)
     p.set_defaults(func=cmd_grant_add)
 
@@ -358,6 +364,7 @@ def cmd_grant_add(args: argparse.Namespace) -> int:
             start=start,
             end=end,
             approved_by=args.approved_by or f"cli:{getpass.getuser()}",
+            transfers=args.transfers,
         ),
     )
     print(

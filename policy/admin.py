@@ -36,6 +36,7 @@ from policy.sshkeys import parse_public_key
 from policy.vault import DEVICE_CREDENTIAL, TOTP_SECRET, Vault
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+TRANSFER_RULES = ("read-write", "download-only", "upload-only", "none")
 SERVICE = re.compile(r"^(?P<name>[a-z][a-z0-9-]{0,30}):(?P<port>\d{1,5})$")
 
 
@@ -196,6 +197,7 @@ async def add_grant(
     start: datetime,
     end: datetime,
     approved_by: str,
+    transfers: str = "read-write",
 ) -> Grant:
     """An approved grant made by an administrator (the web workflow makes them from requests)."""
     if not ticket.strip():
@@ -206,6 +208,9 @@ async def add_grant(
         raise InvalidInput("window-invalid", "the window must end after it starts")
     if not devices or not services:
         raise InvalidInput("grant-empty", "a grant names at least one device and one service")
+    if transfers not in TRANSFER_RULES:
+        allowed = ", ".join(TRANSFER_RULES)
+        raise InvalidInput("transfers-invalid", f"transfers must be one of: {allowed}")
     user = await db.scalar(select(VendorUser).where(VendorUser.login == login))
     if user is None:
         raise NotFound("login-unknown", f"vendor user {login!r} does not exist")
@@ -231,6 +236,7 @@ async def add_grant(
         window_start=start,
         window_end=end,
         approved_by=approved_by,
+        transfers=transfers,
         devices=found,
     )
     db.add(grant)

@@ -109,3 +109,19 @@ def test_commands_need_a_config(
     monkeypatch.delenv("SALLYPORT_DATA_DIR", raising=False)
     assert main(["segment", "add", "icu"]) == 2
     assert "give --config FILE" in capsys.readouterr().err
+
+
+def test_ca_known_hosts_prints_the_cert_authority_line(
+    config: Path, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(["ca", "known-hosts", "--config", str(config)]) == 0
+    line = capsys.readouterr().out.strip()
+    kind, pattern, algorithm, key, comment = line.split()
+    assert (kind, pattern, algorithm, comment) == (
+        "@cert-authority",
+        "*",
+        "ssh-ed25519",
+        "sallyport-ca",
+    )
+    public = asyncssh.import_private_key(settings.ca_key_path.read_bytes()).export_public_key()
+    assert key == public.decode().split()[1]
