@@ -20,9 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bytes", type=int, default=1_000_000_000, help="bulk transfer size")
     parser.add_argument("--rounds", type=int, default=3, help="bulk transfers per path")
     parser.add_argument("--setup-runs", type=int, default=20, help="session setups per path")
+    parser.add_argument("--revocations", type=int, default=20, help="revocations to time")
     parser.add_argument("--write", type=Path, help="write the results as markdown here")
     args = parser.parse_args(argv)
-    users = args.rounds + 2 * args.setup_runs + 1
+    users = args.rounds + 2 * args.setup_runs + args.revocations + 1
     with tempfile.TemporaryDirectory(prefix="sallyport-bench-") as tmp, rig(Path(tmp), users) as r:
         bulk = measure.bulk(r, args.bytes, args.rounds)
         setup = measure.setup(r, args.setup_runs)

@@ -92,3 +92,50 @@ def setup(rig: Rig, runs: int) -> dict[str, Sample]:
             results[name].seconds.append(seconds)
             results[name].gateway_cpu.append(rig.gateway_cpu_seconds() - cpu0)
     return results
+
+
+def revocation(rig: Rig, runs: int) -> Sample:
+    """Seconds from a revocation's commit (by another process: this one) until the
+    vendor's ssh exits, for sessions held by the gateway process."""
+    from sqlalchemy import create_engine, text
+
+    sync_url = rig.database_url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
+    engine = create_engine(sync_url)
+    result = Sample()
+    try:
+        for _ in range(runs):
+            user = rig.next_user()
+            argv, env = rig.gateway_as(user, "echo live; sleep 120")
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            try:
+                assert proc.stdout is not None
+                if proc.stdout.readline() != b"live\n":
+                    raise MeasurementError("the session to revoke never started")
+                with engine.begin() as conn:
+                    conn.execute(
+                        text(
+                            'UPDATE "grant" SET revoked_at = CURRENT_TIMESTAMP, revoked_by = '
+                            "'benchmark' WHERE vendor_user_id = (SELECT id FROM vendor_user "
+                            "WHERE login = :login)"
+                        ),
+                        {"login": user.login},
+                    )
+                start = time.perf_counter()
+                proc.wait(timeout=30)
+                result.seconds.append(time.perf_counter() - start)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                if proc.stdout is not None:
+                    proc.stdout.close()
+    finally:
+        engine.dispose()
+    return result

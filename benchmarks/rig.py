@@ -53,6 +53,7 @@ class Rig:
     gateway_pid: int
     users: list[VendorUserKey]
     askpass: Path
+    database_url: str = ""
     kex: str | None = None  # pin the client's key exchange on every path (None: defaults)
     _next_user: int = field(default=0)
 
@@ -100,8 +101,14 @@ class Rig:
         return argv, _env()
 
     def gateway(self, command: str) -> tuple[list[str], dict[str, str]]:
+        return self.gateway_as(self.next_user(), command)
+
+    def next_user(self) -> VendorUserKey:
         user = self.users[self._next_user]
         self._next_user += 1
+        return user
+
+    def gateway_as(self, user: VendorUserKey, command: str) -> tuple[list[str], dict[str, str]]:
         argv = [
             *self._common(self.gateway_port, user.identity),
             "-o",
@@ -227,7 +234,10 @@ def rig(workdir: Path, users: int) -> Iterator[Rig]:
         )
         try:
             _wait_port(port, proc)
-            yield Rig(workdir, device, jump, identity, port, proc.pid, seeded, askpass)
+            yield Rig(
+                workdir, device, jump, identity, port, proc.pid, seeded, askpass,
+                settings.database_url,
+            )  # fmt: skip
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             try:

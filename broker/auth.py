@@ -80,7 +80,7 @@ class VendorServer(asyncssh.SSHServer):
             await self._audit("broker:forward:deny", reason="x11-forwarding")
 
         conn.create_agent_listener = no_agent  # type: ignore[method-assign]
-        conn.attach_x11_listener = no_x11  # type: ignore[method-assign]
+        conn.attach_x11_listener = no_x11  # type: ignore[method-assign, assignment]
 
     def take_refusals(self) -> list[str]:
         refusals, self._refusals = self._refusals, []

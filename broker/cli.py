@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from broker import evidence_cli
 from broker import logging as splog
 from broker.ca import load_ca
 from broker.errors import BrokerError
@@ -26,6 +27,7 @@ from policy.db import create_engine, session_factory
 from policy.errors import PolicyError
 from policy.keyfiles import load_signing_key, load_vault
 from policy.models import CredentialKind, Criticality
+from recorder.audit import AuditLog
 from recorder.errors import RecorderError
 from web.app import start_web
 
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     _admin_parsers(sub, common)
+    evidence_cli.register(sub, common)
     return parser
 
 
@@ -134,6 +137,10 @@ def _admin_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_ca_known_hosts)
 
     gr = sub.add_parser("grant", help="approved grants").add_subparsers(metavar="ACTION")
+    p = gr.add_parser("revoke", parents=[common], help="revoke a grant; live sessions end")
+    p.add_argument("grant_id", type=int)
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_grant_revoke)
     p = gr.add_parser("add", parents=[common], help="add an approved grant")
     p.add_argument("--login", required=True)
     p.add_argument("--device", action="append", required=True)
@@ -181,12 +188,24 @@ def prepare(settings: Settings) -> None:
     migrate.upgrade(settings.database_url)
 
 
-def with_db(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+def with_db(
+    settings: Settings,
+    work: Callable[[AsyncSession], Awaitable[T]],
+    audit: str | None = None,
+    **detail: Any,
+) -> T:
+    """Run ``work`` in a database session; with ``audit``, record the change as an event
+    (tag ``policy:SUBJECT:ACTION``) by the operating-system user who ran the command."""
+
     async def run() -> T:
         engine = create_engine(settings.database_url)
         try:
-            async with session_factory(engine)() as db:
-                return await work(db)
+            sessions = session_factory(engine)
+            async with sessions() as db:
+                result = await work(db)
+            if audit is not None:
+                await AuditLog(sessions).record(audit, actor=f"cli:{getpass.getuser()}", **detail)
+            return result
         finally:
             await engine.dispose()
 
@@ -261,7 +280,11 @@ def cmd_ca_known_hosts(args: argparse.Namespace) -> int:
 def cmd_segment_add(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     segment = with_db(
-        settings, lambda db: admin.add_segment(db, args.name, args.description, args.network)
+        settings,
+        lambda db: admin.add_segment(db, args.name, args.description, args.network),
+        "policy:segment:add",
+        segment=args.name,
+        networks=args.network,
     )
     print(f"segment {segment.name} added")
     return 0
@@ -309,6 +332,10 @@ def cmd_device_add(args: argparse.Namespace) -> int:
             firmware=args.firmware,
             location=args.location,
         ),
+        "policy:device:add",
+        device=args.name,
+        address=args.address,
+        services=args.service,
     )
     print(f"device {device.name} added")
     return 0
@@ -316,7 +343,9 @@ def cmd_device_add(args: argparse.Namespace) -> int:
 
 def cmd_vendor_add(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    vendor = with_db(settings, lambda db: admin.add_vendor(db, args.name))
+    vendor = with_db(
+        settings, lambda db: admin.add_vendor(db, args.name), "policy:vendor:add", vendor=args.name
+    )
     print(f"vendor {vendor.name} added")
     return 0
 
@@ -342,10 +371,27 @@ def cmd_vendor_user_add(args: argparse.Namespace) -> int:
             display_name=args.name,
             email=args.email,
         ),
+        "policy:vendor-user:add",
+        login=args.login,
+        vendor=args.vendor,
     )
     print(f"vendor user {user.login} added")
     uri = totp.provisioning_uri(secret, user.login)
     print(f"TOTP enrollment URI (show once, then discard): {uri}")
+    return 0
+
+
+def cmd_grant_revoke(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    by = f"cli:{getpass.getuser()}"
+    with_db(
+        settings,
+        lambda db: admin.revoke_grant(db, args.grant_id, by, args.reason),
+        "policy:grant:revoke",
+        grant=args.grant_id,
+        reason=args.reason,
+    )
+    print(f"grant {args.grant_id} revoked; its live sessions end within a second")
     return 0
 
 
@@ -366,6 +412,13 @@ def cmd_grant_add(args: argparse.Namespace) -> int:
             approved_by=args.approved_by or f"cli:{getpass.getuser()}",
             transfers=args.transfers,
         ),
+        "policy:grant:add",
+        login=args.login,
+        devices=args.device,
+        services=args.service or ["ssh"],
+        ticket=args.ticket,
+        window=[start.isoformat(), end.isoformat()],
+        transfers=args.transfers,
     )
     print(
         f"grant {grant.id} for {args.login} on {', '.join(args.device)} "

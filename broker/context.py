@@ -9,13 +9,15 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.ca import HostCA
+from broker.supervisor import Supervisor
 from broker.tasks import TaskSet
 from policy.config import Settings
 from policy.models import utcnow
+from policy.supervise import Limits
 from policy.vault import Vault
 from recorder.audit import AuditLog
 from recorder.flusher import Flusher
-from recorder.storage import LocalStorage
+from recorder.storage import Storage
 
 
 @dataclass
@@ -23,12 +25,16 @@ class GatewayContext:
     settings: Settings
     sessions: async_sessionmaker[AsyncSession]
     vault: Vault
-    storage: LocalStorage
+    storage: Storage
     audit: AuditLog
     ca: HostCA
     flusher: Flusher = field(default_factory=Flusher)
     tasks: TaskSet = field(default_factory=TaskSet)
     clock: Callable[[], datetime] = utcnow
+    supervisor: Supervisor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.supervisor = Supervisor(self, Limits())
 
     def now(self) -> datetime:
         return self.clock()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from typing import TYPE_CHECKING
 
 import asyncssh
@@ -148,17 +147,17 @@ class ForwardSession(asyncssh.SSHTCPSession[bytes]):
         self.server, self.session_id, self.capture = server, session_id, capture
         self.reader, self.writer = reader, writer
         self.chan: asyncssh.SSHTCPChannel[bytes] | None = None
-        self.started = time.monotonic()
         self.end_reason: str | None = None
         self._may_write = asyncio.Event()
         self._may_write.set()
         self._done = asyncio.Event()
         self._eof: set[str] = set()
         assert decision.grant is not None
-        delay = (decision.grant.window_end - server.ctx.now()).total_seconds()
-        self._timer = asyncio.get_running_loop().call_later(
-            max(0.0, delay), self._end, "window-ended"
-        )
+        grant = decision.grant
+        self.grant_id, self.window_end = grant.id, grant.window_end
+        self.idle_timeout, self.max_session = grant.idle_timeout, grant.max_session
+        self.started = self.last_activity = server.ctx.now()
+        server.ctx.supervisor.add(self)
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
         self.chan = chan
@@ -173,6 +172,7 @@ class ForwardSession(asyncssh.SSHTCPSession[bytes]):
                 await self._may_write.wait()
                 if self._done.is_set():
                     return
+                self.last_activity = self.server.ctx.now()
                 self.capture.from_server(data)
                 self.chan.write(data)
             self.chan.write_eof()
@@ -185,6 +185,7 @@ class ForwardSession(asyncssh.SSHTCPSession[bytes]):
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self._done.is_set():
             return
+        self.last_activity = self.server.ctx.now()
         try:
             self.capture.from_client(data)
         except RecorderError:
@@ -212,6 +213,12 @@ class ForwardSession(asyncssh.SSHTCPSession[bytes]):
     def connection_lost(self, exc: Exception | None) -> None:
         self._end("closed")
 
+    def warn(self, text: str) -> None:
+        log.info("forward window warning", session_id=self.session_id, text=text)
+
+    def terminate(self, reason: str, message: str) -> None:
+        self._end(reason)
+
     def _capture_failed(self, capture: object, exc: RecorderError) -> None:
         self._end("recording-failed")
 
@@ -223,7 +230,7 @@ class ForwardSession(asyncssh.SSHTCPSession[bytes]):
 
     async def _run(self) -> None:
         await self._done.wait()
-        self._timer.cancel()
+        self.server.ctx.supervisor.discard(self)
         self.server.ctx.flusher.discard(self.capture)
         self.writer.close()
         if self.chan is not None:

@@ -16,12 +16,13 @@ from broker.errors import BrokerError
 from broker.forward import open_forward, refuse_nested
 from broker.jump import inner_state
 from broker.keys import load_host_key
+from broker.recovery import recover_orphans
 from broker.relay import VendorSession
 from policy.config import Settings
 from policy.db import create_engine, session_factory
 from policy.keyfiles import load_vault
 from recorder.audit import AuditLog
-from recorder.storage import LocalStorage
+from recorder.backends import open_storage
 
 log = structlog.get_logger(__name__)
 
@@ -81,8 +82,8 @@ def build_context(settings: Settings) -> GatewayContext:
         settings=settings,
         sessions=sessions,
         vault=load_vault(settings.vault_key_path),
-        storage=LocalStorage(settings.recordings_dir),
-        audit=AuditLog(sessions),
+        storage=open_storage(settings),
+        audit=AuditLog.from_settings(sessions, settings),
         ca=load_ca(settings.ca_key_path, settings.host_key_path),
     )
 
@@ -96,11 +97,17 @@ class Gateway:
     def port(self) -> int:
         return int(self.acceptor.get_port())
 
-    async def close(self) -> None:
+    async def close(self, message: str = "sallyport: the gateway is shutting down") -> None:
+        """Stop accepting, tell connected vendors, end their sessions with sealed
+        recordings, then stop the background work."""
         self.acceptor.close()
         await self.acceptor.wait_closed()
+        await self.ctx.supervisor.shutdown(message)
+        await self.ctx.tasks.drain(within=10)
+        await self.ctx.supervisor.stop()
         await self.ctx.tasks.cancel_all()
         await self.ctx.flusher.stop()
+        self.ctx.storage.close()
         bind = self.ctx.sessions.kw.get("bind")
         if bind is not None:
             await bind.dispose()
@@ -111,6 +118,7 @@ async def start_gateway(
 ) -> Gateway:
     settings = ctx.settings
     host_key = load_host_key(settings.host_key_path)
+    await recover_orphans(ctx)  # before listening: nothing new mixes with the old
     host = host if host is not None else settings.gateway_host
     port = port if port is not None else settings.gateway_port
     try:
@@ -120,6 +128,8 @@ async def start_gateway(
             "listen-failed", f"cannot listen on {host}:{port}: {exc.strerror or exc}"
         ) from None
     ctx.flusher.start()
+    ctx.supervisor.start()
+    ctx.tasks.spawn(ctx.audit.run_checkpoints(), name="checkpoints")
     gateway = Gateway(ctx, acceptor)
     log.info("gateway listening", host=host, port=gateway.port)
     return gateway

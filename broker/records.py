@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from policy.decide import GrantView
 from policy.models import Device, Recording, RecordingStatus, Session, utcnow
+from policy.snapshot import device_snapshot
 from recorder.storage import StoredObject
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ async def open_session(
         command=command,
         client_address=server.peer,
         gateway_node=server.ctx.settings.node_name,
+        device_snapshot=device_snapshot(device),  # later inventory edits do not rewrite this
     )
     async with server.ctx.sessions() as db:
         db.add(session)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import asyncssh
 import structlog
@@ -65,7 +66,12 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         self._pending: list[bytes] = []
         self._pending_eof = False
         self._done = asyncio.Event()
-        self._window_timer: asyncio.TimerHandle | None = None
+        # what the supervisor looks at (broker.supervisor.Supervised)
+        self.grant_id: int | None = None
+        self.window_end: datetime | None = None
+        self.idle_timeout: int | None = None
+        self.max_session: int | None = None
+        self.started = self.last_activity = self.ctx.now()
         self._vendor_gone = False
         self.exit_status: int | None = None
         self.exit_signal: tuple[str, bool, str] | None = None
@@ -103,6 +109,7 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self._done.is_set():
             return
+        self.last_activity = self.ctx.now()
         if self.upstream is None:
             self._pending.append(data)
             return
@@ -158,6 +165,7 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         chan, recording = self.chan, self.recording
         if chan is None or self._done.is_set():
             return
+        self.last_activity = self.ctx.now()
         if self.tap is not None:
             data = self.tap.server(data) if not datatype else data
             self._tap_events()
@@ -258,7 +266,9 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         if self.tap is not None and self.tap.refusal is not None:
             await self._audit_transfer(self.tap.refusal)
             raise TransferRefused(self.tap.refusal.reason)
-        self._arm_window_end(grant.window_end)
+        self.grant_id, self.window_end = grant.id, grant.window_end
+        self.idle_timeout, self.max_session = grant.idle_timeout, grant.max_session
+        self.ctx.supervisor.add(self)
         self.upstream_conn = await connect_device(
             device, self.ctx.vault, self.ctx.settings.upstream_connect_timeout
         )
@@ -303,14 +313,14 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         self.ctx.flusher.add(recording, self._recording_failed)
         return recording
 
-    def _arm_window_end(self, end: Any) -> None:
-        delay = (end - self.ctx.now()).total_seconds()
-        loop = asyncio.get_running_loop()
-        self._window_timer = loop.call_later(max(0.0, delay), self._window_ended)
+    def warn(self, text: str) -> None:
+        """A notice on the vendor's terminal (window ending soon)."""
+        self._refuse(("\r\n" if self.term else "") + text)
 
-    def _window_ended(self) -> None:
-        self._refuse("sallyport: your access window has ended; closing the session")
-        self._end("window-ended")
+    def terminate(self, reason: str, message: str) -> None:
+        """End the session now (revoked, killed, window over, idle, shutdown)."""
+        self._refuse(message)
+        self._end(reason)
 
     def _recording_failed(self, recording: ChannelRecording, exc: RecorderError) -> None:
         if self._done.is_set():
@@ -346,8 +356,7 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         self._done.set()
 
     async def _finish(self) -> None:
-        if self._window_timer is not None:
-            self._window_timer.cancel()
+        self.ctx.supervisor.discard(self)
         if self.upstream is not None:
             self.upstream.close()
         if self.upstream_conn is not None:

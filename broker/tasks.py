@@ -11,6 +11,9 @@ import structlog
 log = structlog.get_logger(__name__)
 
 
+_SERVICE_TASKS = ("supervisor", "flusher", "checkpoints")
+
+
 class TaskSet:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -25,6 +28,12 @@ class TaskSet:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("task failed", task=task.get_name(), exc_info=task.exception())
+
+    async def drain(self, within: float) -> None:
+        """Wait (at most ``within`` seconds) for tasks that are finishing sessions."""
+        pending = [t for t in self._tasks if t.get_name() not in _SERVICE_TASKS]
+        if pending:
+            await asyncio.wait(pending, timeout=within)
 
     async def cancel_all(self) -> None:
         tasks = list(self._tasks)

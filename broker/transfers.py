@@ -7,10 +7,8 @@ Picks the protocol tap for a channel and applies the grant's transfer rule
 
 from __future__ import annotations
 
-import shlex
-from typing import Any
-
 from broker.errors import BrokerError
+from broker.scp_tap import ScpTap, parse_scp_command
 from broker.sftp_tap import FileTransfer, SftpTap, TransferRefusal
 
 __all__ = ["FileTransfer", "TransferRefusal", "TransferRefused", "TransferTap", "transfer_tap"]
@@ -31,13 +29,13 @@ class TransferRefused(BrokerError):
 class TransferTap:
     """One interface over both taps for the relay."""
 
-    def __init__(self, tap: Any, refusal: TransferRefusal | None = None) -> None:
+    def __init__(self, tap: SftpTap | ScpTap, refusal: TransferRefusal | None = None) -> None:
         self._tap = tap
         self.refusal = refusal
 
     @property
     def desync(self) -> str | None:
-        return getattr(self._tap, "desync", None)
+        return self._tap.desync
 
     def client(self, data: bytes) -> tuple[bytes, bytes]:
         """(bytes for the device, bytes answered to the vendor directly)."""
@@ -60,17 +58,7 @@ def transfer_tap(kind: str, command: str | None, rule: str) -> TransferTap | Non
     allow_upload, allow_download = TRANSFER_RULES.get(rule, (False, False))
     if kind == "sftp":
         return TransferTap(SftpTap(allow_upload=allow_upload, allow_download=allow_download))
-    if kind == "exec" and command is not None and _is_scp(command):
-        from broker.scp_tap import ScpTap
-
+    if kind == "exec" and command is not None and parse_scp_command(command) is not None:
         tap = ScpTap(command, allow_upload=allow_upload, allow_download=allow_download)
         return TransferTap(tap, tap.refusal)
     return None
-
-
-def _is_scp(command: str) -> bool:
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        return False
-    return bool(words) and words[0] in ("scp", "/usr/bin/scp")

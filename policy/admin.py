@@ -26,10 +26,12 @@ from policy.models import (
     DeviceService,
     Grant,
     Segment,
+    Session,
     StaffUser,
     Vendor,
     VendorKey,
     VendorUser,
+    utcnow,
 )
 from policy.passwords import hash_password
 from policy.sshkeys import parse_public_key
@@ -280,3 +282,27 @@ async def add_staff_user(
     db.add(user)
     await _commit(db, f"staff login {login!r} already exists")
     return user, secret
+
+
+async def revoke_grant(db: AsyncSession, grant_id: int, by: str, reason: str) -> Grant:
+    """Revoke a grant now; gateways end its live sessions within a second."""
+    grant = await db.get(Grant, grant_id)
+    if grant is None:
+        raise NotFound("grant-unknown", f"grant {grant_id} does not exist")
+    if grant.revoked_at is not None:
+        raise InvalidInput("grant-revoked", f"grant {grant_id} was already revoked")
+    grant.revoked_at, grant.revoked_by, grant.revoke_reason = utcnow(), by, reason
+    await db.commit()
+    return grant
+
+
+async def request_kill(db: AsyncSession, session_id: str, by: str) -> Session:
+    """Ask whichever gateway holds the session to end it."""
+    session = await db.get(Session, session_id)
+    if session is None:
+        raise NotFound("session-unknown", f"session {session_id} does not exist")
+    if session.ended_at is not None:
+        raise InvalidInput("session-ended", f"session {session_id} has already ended")
+    session.kill_requested_at, session.kill_requested_by = utcnow(), by
+    await db.commit()
+    return session

@@ -31,6 +31,16 @@ class Settings:
     log_format: str = "json"
     log_level: str = "info"
     upstream_connect_timeout: float = 10.0
+    gateway_proxy_protocol: bool = False  # every connection must start with a PROXY header
+    gateway_proxy_trusted: tuple[str, ...] = ()  # CIDRs of the load balancers that send it
+    recordings_backend: str = "local"  # "local" (recordings_dir) or "s3"
+    recordings_retention_days: int = 0  # 0 keeps recordings forever
+    s3_endpoint: str = ""  # empty: the AWS default for s3_region
+    s3_bucket: str = ""
+    s3_region: str = "us-east-1"
+    s3_prefix: str = ""
+    audit_checkpoint_every: int = 1000  # sign a checkpoint after this many events ...
+    audit_checkpoint_seconds: float = 300.0  # ... or when the last one is this old
 
     @property
     def keys_dir(self) -> Path:
@@ -61,9 +71,19 @@ _FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("gateway", "host"): ("gateway_host", str),
     ("gateway", "port"): ("gateway_port", int),
     ("gateway", "upstream_connect_timeout"): ("upstream_connect_timeout", float),
+    ("gateway", "proxy_protocol"): ("gateway_proxy_protocol", bool),
+    ("gateway", "proxy_trusted"): ("gateway_proxy_trusted", tuple),  # "10.0.0.0/8,10.1.0.0/16"
     ("web", "host"): ("web_host", str),
     ("web", "port"): ("web_port", int),
     ("recordings", "dir"): ("recordings_dir", Path),
+    ("recordings", "backend"): ("recordings_backend", str),
+    ("recordings", "retention_days"): ("recordings_retention_days", int),
+    ("recordings", "s3_endpoint"): ("s3_endpoint", str),
+    ("recordings", "s3_bucket"): ("s3_bucket", str),
+    ("recordings", "s3_region"): ("s3_region", str),
+    ("recordings", "s3_prefix"): ("s3_prefix", str),
+    ("audit", "checkpoint_every"): ("audit_checkpoint_every", int),
+    ("audit", "checkpoint_seconds"): ("audit_checkpoint_seconds", float),
     ("log", "format"): ("log_format", str),
     ("log", "level"): ("log_level", str),
 }
@@ -107,6 +127,7 @@ def render_settings(settings: Settings) -> str:
     for (section, key), (name, _conv) in _FIELDS.items():
         value = getattr(settings, name)
         text = str(value).lower() if isinstance(value, bool) else value
+        text = ",".join(value) if isinstance(value, tuple) else text
         literal = str(text) if isinstance(value, int | float) else _toml_string(str(text))
         sections.setdefault(section, []).append(f"{key} = {literal}")
     out = sections.pop("", [])
@@ -137,6 +158,10 @@ def _one(path: Path, section: str, key: str, value: Any) -> dict[str, Any]:
 
 def _convert(conv: type, value: Any, where: str) -> Any:
     """Convert strictly: a TOML float or boolean is not a port number."""
+    if conv is bool:
+        return _to_bool(value, where)
+    if conv is tuple:
+        return _to_tuple(value, where)
     wrong = isinstance(value, bool) or (conv is int and isinstance(value, float))
     wrong = wrong or (conv in (str, Path) and not isinstance(value, str))
     try:
@@ -145,6 +170,26 @@ def _convert(conv: type, value: Any, where: str) -> Any:
         return conv(value)
     except (TypeError, ValueError):
         raise ConfigError("config-invalid", f"{where}: cannot read {value!r}") from None
+
+
+def _to_bool(value: Any, where: str) -> bool:
+    """A TOML boolean, or in the environment true/false, 1/0, yes/no, on/off."""
+    if isinstance(value, bool):
+        return value
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word in ("true", "1", "yes", "on"):
+        return True
+    if word in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError("config-invalid", f"{where}: cannot read {value!r} as true or false")
+
+
+def _to_tuple(value: Any, where: str) -> tuple[str, ...]:
+    """A comma-separated string (or a TOML array of strings); blanks are dropped."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise ConfigError("config-invalid", f"{where}: cannot read {value!r} as a list")
+    return tuple(item.strip() for item in items if item.strip())
 
 
 def _resolve(base: Path, value: Path) -> Path:

@@ -45,6 +45,8 @@ class GrantView:
     window_end: datetime
     revoked_at: datetime | None = None
     transfers: str = "read-write"
+    idle_timeout: int | None = None
+    max_session: int | None = None
 
     def live_at(self, now: datetime) -> bool:
         return self.revoked_at is None and self.window_start <= now < self.window_end

@@ -93,6 +93,7 @@ class RecordingStatus(enum.StrEnum):
     RECORDING = "recording"
     FINAL = "final"
     INCOMPLETE = "incomplete"
+    EXPIRED = "expired"  # removed by retention; the audit chain keeps its key and sha256
 
 
 def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
@@ -112,6 +113,7 @@ class Segment(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
+    networks: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     devices: Mapped[list[Device]] = relationship(back_populates="segment")
@@ -292,6 +294,10 @@ class Grant(Base):
     window_start: Mapped[datetime] = mapped_column(UTCDateTime)
     window_end: Mapped[datetime] = mapped_column(UTCDateTime)
     approved_by: Mapped[str] = mapped_column(String(200), default="")
+    transfers: Mapped[str] = mapped_column(String(16), default="read-write")
+    # per-grant limits in seconds; None means the gateway's defaults
+    idle_timeout: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_session: Mapped[int | None] = mapped_column(Integer, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
     revoke_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -319,6 +325,13 @@ class Session(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     end_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     exit_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    bytes_from_vendor: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    bytes_from_device: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # a kill asked for from the web or CLI; the gateway holding the session acts on it
+    kill_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    kill_requested_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # the device record as it was when the session started (policy.snapshot.device_snapshot)
+    device_snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     recordings: Mapped[list[Recording]] = relationship(back_populates="session")
 
@@ -354,3 +367,38 @@ class AuditEvent(Base):
     session_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     request_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The hash chain (recorder/chain.py): ``id`` is the position, assigned by the audit log
+    # under the chain-head lock, so ids are consecutive from 1.
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditChainHead(Base):
+    """The one row (id 1) that serializes appends to the audit chain and records its end.
+
+    Appenders lock it (SELECT ... FOR UPDATE on PostgreSQL; the database write lock on
+    SQLite) in the same transaction as the event they insert.
+    """
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(Integer, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    checkpoints: Mapped[int] = mapped_column(Integer, default=0)
+    checkpoint_event_id: Mapped[int] = mapped_column(Integer, default=0)
+    checkpoint_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditCheckpoint(Base):
+    """An Ed25519 signature over the chain hash at one event (recorder/chain.py)."""
+
+    __tablename__ = "audit_checkpoint"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[int] = mapped_column(Integer, index=True)
+    hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))

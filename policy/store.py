@@ -55,6 +55,8 @@ def grant_view(grant: Grant) -> GrantView:
         window_end=grant.window_end,
         revoked_at=grant.revoked_at,
         transfers=grant.transfers,
+        idle_timeout=grant.idle_timeout,
+        max_session=grant.max_session,
     )
 
 

@@ -1,26 +1,90 @@
 """The audit log: every decision and session event, as rows and as structured log lines.
 
-Tags read ``source:subject:action`` (``broker:session:start``). The hash chain and the
-signed checkpoints over these rows belong to the evidence store.
+Tags read ``source:subject:action`` (``broker:session:start``). Each row is a link in a
+hash chain (``recorder.chain``), and every ``checkpoint_every`` events or
+``checkpoint_seconds`` the chain hash is signed with the Ed25519 audit key.
+
+Appending is serialized across processes by the single ``audit_chain_head`` row, in the
+same transaction as the insert: the transaction's first statement is a write to that row
+(``INSERT ... ON CONFLICT DO NOTHING``), which on SQLite takes the database write lock
+at once (waiting up to ``busy_timeout``, never failing on a stale snapshot); then
+``SELECT ... FOR UPDATE`` locks the row on PostgreSQL. Under that lock the event gets
+``id = last_event_id + 1`` and ``prev_hash = last_hash``, the head moves on, and the
+commit releases the lock: ids are consecutive and the chain has one order, whatever
+number of gateway and web processes append at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import structlog
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from policy.models import AuditEvent, utcnow
+from policy.models import AuditChainHead, AuditCheckpoint, AuditEvent, utcnow
+from recorder import chain
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from policy.config import Settings
 
 log = structlog.get_logger("audit")
 _TAG = re.compile(r"^[a-z]+:[a-z0-9-]+:[a-z0-9-]+$")
+HEAD_ID = 1
+CHECKPOINT_TAG = "recorder:audit:checkpoint"
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    every: int = 1000
+    seconds: float = 300.0
+
+    def due(self, head: AuditChainHead, now: datetime) -> bool:
+        if head.last_event_id <= head.checkpoint_event_id:
+            return False  # nothing new to sign
+        if head.last_event_id - head.checkpoint_event_id >= self.every:
+            return True
+        return now - head.checkpoint_at >= timedelta(seconds=self.seconds)
 
 
 class AuditLog:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        signing_key: Ed25519PrivateKey | None = None,
+        checkpoints: CheckpointPolicy | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        """Without ``signing_key`` the chain is kept but no checkpoint is signed."""
         self._sessions = sessions
+        self._key = signing_key
+        self._key_id = chain.key_id(signing_key.public_key()) if signing_key else ""
+        self._policy = checkpoints or CheckpointPolicy()
+        self._clock = clock
+
+    @classmethod
+    def from_settings(
+        cls, sessions: async_sessionmaker[AsyncSession], settings: Settings
+    ) -> AuditLog:
+        from policy.keyfiles import load_signing_key
+
+        return cls(
+            sessions,
+            signing_key=load_signing_key(settings.audit_key_path),
+            checkpoints=CheckpointPolicy(
+                settings.audit_checkpoint_every, settings.audit_checkpoint_seconds
+            ),
+        )
 
     async def record(
         self,
@@ -34,18 +98,134 @@ class AuditLog:
     ) -> None:
         if not _TAG.match(tag):
             raise ValueError(f"audit tag {tag!r} is not source:subject:action")
-        event = AuditEvent(
-            at=utcnow(),
-            tag=tag,
-            actor=actor,
-            device=device,
-            session_id=session_id,
-            request_id=request_id,
-            detail=detail,
-        )
+        clean = chain.normalize(detail)
         async with self._sessions() as db:
-            db.add(event)
+            head = await lock_head(db)
+            now = self._clock()
+            event_id = head.last_event_id + 1
+            content = chain.event_content(
+                id=event_id,
+                at=now,
+                tag=tag,
+                actor=actor,
+                device=device,
+                session_id=session_id,
+                request_id=request_id,
+                detail=clean,
+            )
+            digest = chain.link_hash(head.last_hash, chain.content_hash(content))
+            db.add(
+                AuditEvent(
+                    id=event_id,
+                    at=now,
+                    tag=tag,
+                    actor=actor,
+                    device=device,
+                    session_id=session_id,
+                    request_id=request_id,
+                    detail=clean,
+                    prev_hash=head.last_hash,
+                    hash=digest,
+                )
+            )
+            head.last_event_id, head.last_hash, head.updated_at = event_id, digest, now
+            checkpoint = None
+            if self._key is not None and self._policy.due(head, now):
+                checkpoint = self._checkpoint(db, head, now)
             await db.commit()
         log.info(
             tag, actor=actor, device=device, session_id=session_id, request_id=request_id, **detail
         )
+        if checkpoint is not None:
+            _log_checkpoint(checkpoint)
+
+    async def checkpoint(self, force: bool = False) -> AuditCheckpoint | None:
+        """Sign the chain's current end if a checkpoint is due (or, with ``force``,
+        whenever some event is not yet covered). Returns the new checkpoint, if any."""
+        if self._key is None:
+            return None
+        async with self._sessions() as db:
+            head = await lock_head(db)
+            now = self._clock()
+            uncovered = head.last_event_id > head.checkpoint_event_id
+            if not (self._policy.due(head, now) or (force and uncovered)):
+                await db.rollback()
+                return None
+            checkpoint = self._checkpoint(db, head, now)
+            await db.commit()
+        _log_checkpoint(checkpoint)
+        return checkpoint
+
+    async def run_checkpoints(self) -> None:
+        """Sign a checkpoint whenever one falls due by time, until cancelled (so the last
+        events before a quiet spell do not stay unsigned)."""
+        interval = max(1.0, min(self._policy.seconds, 60.0))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.checkpoint()
+            except Exception:
+                log.exception("audit checkpoint failed")
+
+    def _checkpoint(self, db: AsyncSession, head: AuditChainHead, now: datetime) -> AuditCheckpoint:
+        assert self._key is not None
+        number = head.checkpoints + 1
+        message = chain.checkpoint_message(
+            number, head.last_event_id, head.last_hash, now, self._key_id
+        )
+        checkpoint = AuditCheckpoint(
+            id=number,
+            event_id=head.last_event_id,
+            hash=head.last_hash,
+            at=now,
+            key_id=self._key_id,
+            signature=chain.sign(self._key, message),
+        )
+        db.add(checkpoint)
+        head.checkpoints = number
+        head.checkpoint_event_id, head.checkpoint_at = head.last_event_id, now
+        return checkpoint
+
+
+async def lock_head(db: AsyncSession) -> AuditChainHead:
+    """Take the chain lock for this transaction and return the head row (created at the
+    genesis when missing). Must be the transaction's first statement."""
+    dialect = db.get_bind().dialect.name
+    values = {
+        "id": HEAD_ID,
+        "last_event_id": 0,
+        "last_hash": chain.GENESIS,
+        "checkpoints": 0,
+        "checkpoint_event_id": 0,
+        "checkpoint_at": utcnow(),
+        "updated_at": utcnow(),
+    }
+    if dialect == "postgresql":
+        await db.execute(
+            postgresql.insert(AuditChainHead).values(**values).on_conflict_do_nothing()
+        )
+    elif dialect == "sqlite":
+        await db.execute(sqlite.insert(AuditChainHead).values(**values).on_conflict_do_nothing())
+    else:
+        raise NotImplementedError(f"the audit chain does not support {dialect}")
+    head = await db.scalar(
+        select(AuditChainHead)
+        .where(AuditChainHead.id == HEAD_ID)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    assert head is not None
+    return head
+
+
+def _log_checkpoint(checkpoint: AuditCheckpoint) -> None:
+    """The checkpoint as a log line, so a SIEM witnesses it outside the database."""
+    log.info(
+        CHECKPOINT_TAG,
+        checkpoint=checkpoint.id,
+        event_id=checkpoint.event_id,
+        hash=checkpoint.hash,
+        at=chain.iso(checkpoint.at),
+        key_id=checkpoint.key_id,
+        signature=checkpoint.signature,
+    )

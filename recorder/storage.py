@@ -115,6 +115,24 @@ class LocalSink:
         return self._closed
 
 
+class Storage(Protocol):
+    """A recording store: ``LocalStorage`` here, ``recorder.s3.S3Storage`` for S3."""
+
+    def create(self, key: str) -> Sink: ...
+
+    def read(self, key: str) -> bytes: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def check_key(key: str) -> str:
+    if not _KEY.fullmatch(key) or ".." in key.split("/"):
+        raise StorageError("recording-key-invalid", f"bad storage key {key!r}")
+    return key
+
+
 class LocalStorage:
     """Recordings as files under one directory."""
 
@@ -122,9 +140,7 @@ class LocalStorage:
         self.root = root
 
     def path(self, key: str) -> Path:
-        if not _KEY.fullmatch(key) or ".." in key.split("/"):
-            raise StorageError("recording-key-invalid", f"bad storage key {key!r}")
-        return self.root / key
+        return self.root / check_key(key)
 
     def create(self, key: str) -> LocalSink:
         return LocalSink(key, self.path(key))
@@ -134,3 +150,13 @@ class LocalStorage:
             return self.path(key).read_bytes()
         except OSError as exc:
             raise StorageError("recording-missing", f"cannot read {key}: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        """Remove a recording (retention); a file already gone is not an error."""
+        try:
+            self.path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError("recording-delete-failed", f"cannot delete {key}: {exc}") from exc
+
+    def close(self) -> None:
+        """Nothing to release (the S3 backend closes its client here)."""

@@ -14,19 +14,21 @@ pytestmark = pytest.mark.integration
 
 def test_every_path_is_measured_through_real_ssh(tmp_path: Path) -> None:
     nbytes = 3_000_000
-    with rig(tmp_path, users=4) as r:
+    with rig(tmp_path, users=6) as r:
         bulk = measure.bulk(r, nbytes, rounds=1)
         setup = measure.setup(r, runs=1)
         r.kex = report.SAME_KEX
         setup_same = measure.setup(r, runs=1)
+        revocation = measure.revocation(r, runs=2)
         recordings = list((tmp_path / "gateway" / "recordings").rglob("*.sps"))
     assert set(bulk) == set(setup) == {"direct", "openssh-jump", "sallyport"}
-    results = report.Results(nbytes, 1, 1, bulk, setup, setup_same)
+    results = report.Results(nbytes, 1, 1, bulk, setup, setup_same, revocation)
+    assert len(revocation.seconds) == 2 and all(0 < t < 30 for t in revocation.seconds)
     assert all(s.median > 0 for s in bulk.values())
     assert results.cpu_per_gb() > 0  # the gateway process did the relaying
     assert results.cpu_ms_per_session() > 0
     # the gateway path was recorded: the bulk session and both setup sessions
-    assert len(recordings) == 3
+    assert len(recordings) == 5  # bulk, two setups, two revoked sessions
     assert max(p.stat().st_size for p in recordings) > nbytes
     text = report.markdown(results)
     for name in ("direct", "openssh-jump", "sallyport"):

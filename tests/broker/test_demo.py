@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -113,11 +114,13 @@ def test_readme_demo_from_clean_checkout(tmp_path: Path) -> None:
         assert any("Verification code" in p for p in askpass.prompts())
         assert list((data / "recordings").rglob("*.sps"))
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
