@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
+from policy import admin
 from policy.models import Device, Session, VendorUser
 from recorder import chain
 
@@ -51,6 +53,9 @@ def register(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPars
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.set_defaults(func=cmd_sessions_list)
+    p = ses.add_parser("kill", parents=[common], help="end a live session (any gateway node)")
+    p.add_argument("session_id")
+    p.set_defaults(func=cmd_sessions_kill)
 
     rec = sub.add_parser("recordings", help="recording storage").add_subparsers(metavar="ACTION")
     p = rec.add_parser("expire", parents=[common], help="delete recordings past retention")
@@ -241,4 +246,19 @@ def cmd_recordings_expire(args: argparse.Namespace) -> int:
     for item in expired:
         print(f"expired {item.key} (sha256 {item.sha256})")
     print(f"{len(expired)} recordings older than {days} days expired")
+    return 0
+
+
+def cmd_sessions_kill(args: argparse.Namespace) -> int:
+    from broker.cli import settings_from, with_db
+
+    settings = settings_from(args)
+    by = f"cli:{getpass.getuser()}"
+    with_db(
+        settings,
+        lambda db: admin.request_kill(db, args.session_id, by),
+        "policy:session:kill",
+        session_id=args.session_id,
+    )
+    print(f"session {args.session_id}: kill requested; the gateway holding it ends it")
     return 0

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from broker.cli import main
 from policy import admin, totp
 from policy.config import Settings, render_settings
 from policy.models import Device, Recording, Session
@@ -121,3 +122,5 @@ async def test_kill_9_then_restart_closes_the_orphaned_session(
     assert recording.status == "incomplete"
     assert recording.sha256 == hashlib.sha256(data).hexdigest() and recording.size == len(data)
     assert b"before-crash" in parse(data).output()
+    # and the evidence still verifies: the audit chain is intact across the crash
+    assert await asyncio.to_thread(main, ["audit", "verify", "--config", str(config)]) == 0

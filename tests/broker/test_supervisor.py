@@ -11,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.cli import main
 from broker.gateway import Gateway
-from policy import admin
 from policy.models import AuditEvent, Device, Session
 from policy.supervise import Limits
 from tests.broker.test_gateway import only_session
@@ -61,13 +60,17 @@ async def test_revocation_from_the_cli_ends_the_live_session(
 async def test_kill_request_ends_the_session_and_names_who(
     vendor: VendorLogin, pump: Device, db: Sessions, gateway: Gateway
 ) -> None:
+    from policy.config import render_settings
+
     await grant(db, devices=["pump-12"])
+    config = gateway.ctx.settings.data_dir / "sallyport.toml"
+    config.write_text(render_settings(gateway.ctx.settings))
     ssh = asyncio.ensure_future(vendor.ssh("pump-12", "sleep 60"))
     sid = await live_session_id(db)
-    async with db() as s:
-        await admin.request_kill(s, sid, "security1")
+    code = await asyncio.to_thread(main, ["sessions", "kill", sid, "--config", str(config)])
+    assert code == 0
     result = await asyncio.wait_for(ssh, 10)
-    assert "session ended by security1" in result.stderr
+    assert "session ended by cli:" in result.stderr
     session, _ = await only_session(db)
     assert session.end_reason == "killed"
 
