@@ -43,7 +43,10 @@ def lab(tmp_path: Path) -> Iterator[tuple[dict[str, NetSegment], SshdDevice]]:
             root.mkdir()
             (root / "status.txt").write_text(f"console of {address}: OK\n")
             seg.http_service(address, WEB, root)
-        with run_sshd(tmp_path / "pump-sshd", host=pump, netns=icu.netns) as sshd:
+        with (
+            run_sshd(tmp_path / "pump-sshd", host=pump, netns=icu.netns) as sshd,
+            run_sshd(tmp_path / "ct-sshd", host=ct, netns=rad.netns),
+        ):
             yield segs, sshd
 
 
@@ -56,7 +59,7 @@ async def inventory(
     devices = [
         ("pump-a", "icu", icu.host(10), True),
         ("monitor-a", "icu", icu.host(11), False),
-        ("ct-b", "radiology", rad.host(10), False),
+        ("ct-b", "radiology", rad.host(10), True),
         # misconfigured records: the network rules must refuse them even when granted
         ("gw-leg", "icu", icu.gateway_ip, False),
         ("lo-dev", "icu", "127.0.0.1", False),
@@ -105,6 +108,7 @@ async def test_vendor_reaches_exactly_the_granted_services(
         "pump-a:9999": "has no service on port 9999",
         f"monitor-a:{WEB}": "no grant for this device",
         f"ct-b:{WEB}": "no grant for this device",
+        "ct-b:22": "no grant for this device",
         f"{icu.host(10)}:{WEB}": "not a device name",
         f"{rad.host(10)}:{WEB}": "not a device name",
         f"{icu.gateway_ip}:{gateway.port}": "not a device name",
