@@ -200,9 +200,12 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
                 return
             await self._open(device, decision)
             await self._done.wait()
-        except (BrokerError, RecorderError) as exc:
+        except BrokerError as exc:
             self._refuse(exc.message)
             self._end(exc.code)
+        except RecorderError as exc:  # no recording, no session
+            self._refuse(f"sallyport: the session cannot be recorded ({exc.message}); refused")
+            self._end("recording-failed")
         except Exception as exc:  # fail closed: an unexpected error ends the session
             self.log.exception("session failed")
             self._refuse("sallyport: internal error; session closed")

@@ -371,6 +371,10 @@ async def test_full_recording_disk_closes_the_session(
     assert recording.size == len(data)
     # Everything the vendor received is in the recording's readable prefix.
     assert parse(data).output().startswith(result.stdout)
+    # and with the disk still full, a new session is refused with the reason
+    again = await vendor.ssh("pump-12", "echo should-not-run")
+    assert again.returncode != 0 and b"should-not-run" not in again.stdout
+    assert "the session cannot be recorded" in again.stderr
 
 
 async def test_session_log_lines_carry_session_vendor_and_device(
