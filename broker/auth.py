@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
 from broker import messages
 from broker.target import Target, parse_username
@@ -112,8 +113,14 @@ class VendorServer(asyncssh.SSHServer):
             self._banner(messages.BAD_USERNAME)
             await self._audit("broker:login:fail", reason="bad-username", username=username[:64])
             return True
-        async with self.ctx.sessions() as db:
-            self.user = await store.vendor_user(db, self.target.login)
+        try:
+            async with self.ctx.sessions() as db:
+                self.user = await store.vendor_user(db, self.target.login)
+        except (SQLAlchemyError, OSError) as exc:  # fail closed: no database, no new session
+            log.error("login refused: database unreachable", error=str(exc), login=self.login)
+            self._banner(messages.NO_DATABASE)
+            self.user = None
+            return True
         decision = decide_login(store.user_view(self.user), self.ctx.now())
         if not decision.allow:
             if self.user is not None and self.user.locked_until is not None:

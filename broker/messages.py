@@ -34,3 +34,4 @@ LOCKED = (
 )
 DISABLED = "sallyport: account disabled"
 BAD_USERNAME = "sallyport: log in as LOGIN or LOGIN:DEVICE (inventory names only)"
+NO_DATABASE = "sallyport: the gateway cannot reach its database; no new sessions, try again later"

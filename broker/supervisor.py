@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 POLL_SECONDS = 0.5
+DB_GRACE_SECONDS = 60.0
 
 
 class Supervised(Protocol):
@@ -59,13 +60,21 @@ class _State:
 
 
 class Supervisor:
-    def __init__(self, ctx: GatewayContext, limits: Limits, poll: float = POLL_SECONDS) -> None:
+    def __init__(
+        self,
+        ctx: GatewayContext,
+        limits: Limits,
+        poll: float = POLL_SECONDS,
+        db_grace: float = DB_GRACE_SECONDS,
+    ) -> None:
         self.ctx = ctx
         self.limits = limits
         self.poll = poll
         self.live: dict[Supervised, _State] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self.db_grace = db_grace
+        self.db_lost_at: datetime | None = None
 
     def add(self, session: Supervised) -> None:
         self.live[session] = _State()
@@ -101,8 +110,25 @@ class Supervisor:
             self._wake.clear()
             try:
                 await self.check()
-            except SQLAlchemyError as exc:  # the database is away: no new facts this round
-                log.warning("supervisor could not read the database", error=str(exc))
+                self.db_lost_at = None
+            except (SQLAlchemyError, OSError) as exc:
+                self._database_unreachable(exc)
+
+    def _database_unreachable(self, exc: Exception) -> None:
+        """Without the database nothing can be revoked or audited: live sessions may go on
+        for ``db_grace`` seconds (a restart or a failover), then they close."""
+        now = self.ctx.now()
+        if self.db_lost_at is None:
+            self.db_lost_at = now
+            log.error("database unreachable; live sessions will close", error=str(exc),
+                      grace=self.db_grace, live=len(self.live))  # fmt: skip
+        if (now - self.db_lost_at).total_seconds() >= self.db_grace:
+            for session in list(self.live):
+                self.discard(session)
+                session.terminate(
+                    "database-unreachable",
+                    "sallyport: the gateway lost its database; session closed",
+                )
 
     async def check(self) -> None:
         sessions = [s for s in self.live if s.session_id is not None]
