@@ -23,6 +23,7 @@ from policy.decide import decide_login
 from policy.models import VendorUser
 from policy.passwords import verify_password
 from policy.vault import TOTP_SECRET
+from recorder import metrics
 
 if TYPE_CHECKING:
     from broker.context import GatewayContext
@@ -206,6 +207,8 @@ class VendorServer(asyncssh.SSHServer):
             self.conn.send_auth_banner(text + "\r\n")
 
     async def _audit(self, tag: str, **detail: Any) -> None:
+        if tag.endswith((":deny", ":fail", ":replay", ":lockout")):
+            metrics.refused(str(detail.get("reason", tag)))
         device = self.target.device if self.target else None
         await self.ctx.audit.record(
             tag, actor=self.login, device=device, client=self.peer, **detail

@@ -16,6 +16,7 @@ from broker.errors import BrokerError
 from broker.forward import open_forward, refuse_nested
 from broker.jump import inner_state
 from broker.keys import load_host_key
+from broker.proxyproto import ProxyListener, listen_with_proxy_protocol, ssh_handler
 from broker.recovery import recover_orphans
 from broker.relay import VendorSession
 from policy.config import Settings
@@ -91,7 +92,7 @@ def build_context(settings: Settings) -> GatewayContext:
 @dataclass
 class Gateway:
     ctx: GatewayContext
-    acceptor: asyncssh.SSHAcceptor
+    acceptor: asyncssh.SSHAcceptor | ProxyListener
 
     @property
     def port(self) -> int:
@@ -153,11 +154,13 @@ GATEWAY_OPTIONS: dict[str, Any] = {
 
 async def _listen(
     ctx: GatewayContext, host: str, port: int, host_key: asyncssh.SSHKey
-) -> asyncssh.SSHAcceptor:
-    return await asyncssh.listen(
-        host,
-        port,
-        server_factory=lambda: GatewayServer(ctx),
-        server_host_keys=[host_key],
-        **GATEWAY_OPTIONS,
-    )
+) -> asyncssh.SSHAcceptor | ProxyListener:
+    options = {**GATEWAY_OPTIONS, "server_host_keys": [host_key]}
+    if ctx.settings.gateway_proxy_protocol:  # behind a load balancer: its header names the vendor
+        return await listen_with_proxy_protocol(
+            host,
+            port,
+            trusted=ctx.settings.gateway_proxy_trusted,
+            on_connection=ssh_handler(lambda _client: GatewayServer(ctx), options),
+        )
+    return await asyncssh.listen(host, port, server_factory=lambda: GatewayServer(ctx), **options)

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from policy.decide import GrantView
 from policy.models import Device, Recording, RecordingStatus, Session, utcnow
 from policy.snapshot import device_snapshot
+from recorder import metrics
 from recorder.storage import StoredObject
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ async def open_session(
     async with server.ctx.sessions() as db:
         db.add(session)
         await db.commit()
+    metrics.session_started(kind)
     await server._audit(
         "broker:session:start",
         session_id=session.id,
@@ -72,6 +74,7 @@ async def add_recording(server: VendorServer, session_id: str, key: str, fmt: st
 
 async def close_session(server: VendorServer, session_id: str, end: SessionEnd) -> None:
     """Record the end of a session and its recording's hash; audit both."""
+    metrics.session_ended()
     now = utcnow()
     stored = end.stored
     status = RecordingStatus.FINAL

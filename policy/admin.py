@@ -35,6 +35,7 @@ from policy.models import (
 )
 from policy.passwords import hash_password
 from policy.sshkeys import parse_public_key
+from policy.store import notify_supervisors
 from policy.vault import DEVICE_CREDENTIAL, TOTP_SECRET, Vault
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -292,6 +293,7 @@ async def revoke_grant(db: AsyncSession, grant_id: int, by: str, reason: str) ->
     if grant.revoked_at is not None:
         raise InvalidInput("grant-revoked", f"grant {grant_id} was already revoked")
     grant.revoked_at, grant.revoked_by, grant.revoke_reason = utcnow(), by, reason
+    await notify_supervisors(db, f"grant:{grant_id}")  # delivered at commit
     await db.commit()
     return grant
 
@@ -304,5 +306,6 @@ async def request_kill(db: AsyncSession, session_id: str, by: str) -> Session:
     if session.ended_at is not None:
         raise InvalidInput("session-ended", f"session {session_id} has already ended")
     session.kill_requested_at, session.kill_requested_by = utcnow(), by
+    await notify_supervisors(db, f"session:{session_id}")
     await db.commit()
     return session

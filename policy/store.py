@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -97,3 +97,14 @@ async def note_totp_failure(db: AsyncSession, user_id: int, now: datetime) -> da
 
 async def count_rows(db: AsyncSession, model: type[object]) -> int:
     return int(await db.scalar(select(func.count()).select_from(model)) or 0)
+
+
+NOTIFY_CHANNEL = "sallyport_supervise"
+
+
+async def notify_supervisors(db: AsyncSession, what: str) -> None:
+    """Wake every gateway's supervisor now (PostgreSQL); others find it at the next poll."""
+    if db.get_bind().dialect.name == "postgresql":
+        await db.execute(
+            text("SELECT pg_notify(:channel, :what)"), {"channel": NOTIFY_CHANNEL, "what": what}
+        )

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from recorder import metrics
 from recorder.errors import RecorderError, StorageError
 from recorder.storage import Sink, StoredObject
 
@@ -59,8 +60,10 @@ class ChannelRecording:
 
     def flush(self) -> None:
         if self._parts:
-            parts, self._parts, self._pending = self._parts, [], 0
+            parts, size = self._parts, self._pending
+            self._parts, self._pending = [], 0
             self._sink.write_parts(parts)
+            metrics.recorded(size)
 
     def close(self, complete: bool = True) -> StoredObject:
         """Write what is buffered and seal the recording. Never raises: if the last writes

@@ -12,6 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from web.metrics import add_metrics_route
+
 SESSIONS: web.AppKey[async_sessionmaker[AsyncSession]] = web.AppKey("sessions")
 
 OPENAPI: dict[str, Any] = {
@@ -75,6 +77,7 @@ def create_app(sessions: async_sessionmaker[AsyncSession]) -> web.Application:
     app[SESSIONS] = sessions
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/api/v1/openapi.json", openapi)
+    add_metrics_route(app)
     return app
 
 

@@ -31,6 +31,22 @@ async def live_session_id(db: Sessions) -> str:
     raise AssertionError("no session started")
 
 
+async def wait_recorded(db: Sessions, gateway: Gateway, text: bytes) -> None:
+    """Until ``text`` is in the live session's recording (so the vendor has seen it)."""
+    from policy.models import Recording
+    from recorder.readers import parse
+
+    for _ in range(200):
+        async with db() as s:
+            key = await s.scalar(select(Recording.storage_key))
+        if key:
+            path = gateway.ctx.storage.path(key)  # type: ignore[attr-defined]
+            if path.exists() and text in parse(path.read_bytes()).output():
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{text!r} never reached the recording")
+
+
 async def test_revocation_from_the_cli_ends_the_live_session(
     vendor: VendorLogin, pump: Device, db: Sessions, gateway: Gateway, tmp_path: object
 ) -> None:
@@ -41,6 +57,7 @@ async def test_revocation_from_the_cli_ends_the_live_session(
     config.write_text(render_settings(gateway.ctx.settings))
     ssh = asyncio.ensure_future(vendor.ssh("pump-12", "echo started; sleep 60; echo never"))
     await live_session_id(db)
+    await wait_recorded(db, gateway, b"started")
     # another process's view: the CLI writes the revocation to the database
     code = await asyncio.to_thread(
         main,
