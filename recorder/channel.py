@@ -5,8 +5,8 @@ Two formats, both versioned and both readable when cut short by a crash:
 - ``sallyport-stream`` v1 for channels without a terminal (exec, file transfer), which
   keeps every byte of binary data and costs no text escaping on bulk output.
 
-Writers buffer in memory and push to the sink when the buffer passes ``FLUSH_BYTES`` or
-when ``flush()`` is called (the Flusher does that at least every second).
+Writers push each event to the sink as it is added (``FLUSH_BYTES``); the Flusher's
+periodic ``flush()`` is the safety net for anything an encoder holds back.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from recorder import metrics
 from recorder.errors import RecorderError, StorageError
 from recorder.storage import Sink, StoredObject
 
-FLUSH_BYTES = 256 * 1024
+# Write-through: every event reaches the kernel before the relay passes its bytes on, so
+# a full disk or a crash can never leave relayed traffic out of the recording.
+FLUSH_BYTES = 1
 ASCIICAST = "asciicast-v2"
 STREAM = "sallyport-stream-v1"
 
@@ -41,6 +43,7 @@ class ChannelRecording:
         self._t0 = clock()
         self._parts: list[bytes] = []
         self._pending = 0
+        self._failed = False
         self._closed: StoredObject | None = None
 
     @property
@@ -62,7 +65,11 @@ class ChannelRecording:
         if self._parts:
             parts, size = self._parts, self._pending
             self._parts, self._pending = [], 0
-            self._sink.write_parts(parts)
+            try:
+                self._sink.write_parts(parts)
+            except RecorderError:
+                self._failed = True  # whatever follows, this recording is incomplete
+                raise
             metrics.recorded(size)
 
     def close(self, complete: bool = True) -> StoredObject:
@@ -75,7 +82,7 @@ class ChannelRecording:
             except RecorderError:
                 complete = False
                 self._parts, self._pending = [], 0
-            self._closed = self._sink.close(complete)
+            self._closed = self._sink.close(complete and not self._failed)
         return self._closed
 
     def _finish(self) -> None:

@@ -128,6 +128,7 @@ class TcpCapture:
         self._sec, self._usec = 0, 0
         self._parts: list[bytes] = []
         self._pending = 0
+        self._failed = False
         self._closed: StoredObject | None = None
         self.bytes_from_client = 0
         self.bytes_from_server = 0
@@ -155,7 +156,11 @@ class TcpCapture:
     def flush(self) -> None:
         if self._parts:
             parts, self._parts, self._pending = self._parts, [], 0
-            self._sink.write_parts(parts)
+            try:
+                self._sink.write_parts(parts)
+            except RecorderError:
+                self._failed = True  # the capture is incomplete, whatever follows
+                raise
 
     def close(self, complete: bool = True) -> StoredObject:
         """Close the connection both ways and seal the capture. Never raises: if the last
@@ -170,7 +175,7 @@ class TcpCapture:
             except RecorderError:
                 complete = False
                 self._parts, self._pending = [], 0
-            self._closed = self._sink.close(complete)
+            self._closed = self._sink.close(complete and not self._failed)
         return self._closed
 
     def _stamp(self, now: float) -> None:

@@ -353,7 +353,8 @@ def test_failed_final_write_closes_incomplete_with_hash_of_what_was_stored(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "writev", full_disk)
-    rec.output(b"never stored")
+    with pytest.raises(StorageError):  # written through: the failure shows at once
+        rec.output(b"never stored")
     stored = rec.close()  # does not raise
     monkeypatch.undo()
     data = storage.read(rec.key)
@@ -374,9 +375,8 @@ def test_failed_write_during_recording_raises_storage_error(
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "writev", broken)
-    rec.output(b"x")
     with pytest.raises(StorageError) as exc:
-        rec.flush()
+        rec.output(b"x")  # written through before the relay passes the bytes on
     assert exc.value.code == "recording-write-failed"
     monkeypatch.undo()
     rec.close()

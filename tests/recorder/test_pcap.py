@@ -400,17 +400,16 @@ def test_timestamps_follow_the_clock_and_never_go_back(storage: LocalStorage) ->
     assert times == [0, 0, 0, 2, 3.25, 3.25, 3.25, 13.25, 13.25, 13.25]
 
 
-def test_buffered_until_flush_or_flush_bytes(storage: LocalStorage) -> None:
+def test_every_segment_is_on_disk_before_the_call_returns(storage: LocalStorage) -> None:
+    """Written through: the relay passes bytes on only after they are in the capture."""
     cap = capture(storage)
     path = storage.path(cap.key)
     opened = path.stat().st_size
     assert opened == 24 + 2 * (16 + 48) + 16 + 40  # header and handshake written at once
     cap.from_client(b"small")
-    assert path.stat().st_size == opened
-    cap.flush()
     assert path.stat().st_size == opened + 16 + 40 + 5
-    cap.from_server(os.urandom(FLUSH_BYTES))
-    assert path.stat().st_size >= opened + FLUSH_BYTES
+    cap.from_server(os.urandom(FLUSH_BYTES + 1000))
+    assert path.stat().st_size >= opened + 16 + 40 + 5 + FLUSH_BYTES + 1000
     cap.close()
 
 
@@ -485,7 +484,8 @@ def test_failed_final_write_closes_incomplete_with_hash_of_what_was_stored(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "writev", full_disk)
-    cap.from_server(b"never stored")
+    with pytest.raises(StorageError):  # written through: the failure shows at once
+        cap.from_server(b"never stored")
     stored = cap.close()  # does not raise
     monkeypatch.undo()
     data = storage.read(cap.key)
