@@ -11,7 +11,7 @@ import structlog
 log = structlog.get_logger(__name__)
 
 
-_SERVICE_TASKS = ("supervisor", "flusher", "checkpoints")
+_SERVICE_TASKS = ("supervisor", "supervisor-listen", "flusher", "checkpoints")
 
 
 class TaskSet:
