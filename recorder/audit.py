@@ -103,31 +103,20 @@ class AuditLog:
             head = await lock_head(db)
             now = self._clock()
             event_id = head.last_event_id + 1
-            content = chain.event_content(
-                id=event_id,
-                at=now,
-                tag=tag,
-                actor=actor,
-                device=device,
-                session_id=session_id,
-                request_id=request_id,
-                detail=clean,
+            fields: dict[str, Any] = {
+                "id": event_id,
+                "at": now,
+                "tag": tag,
+                "actor": actor,
+                "device": device,
+                "session_id": session_id,
+                "request_id": request_id,
+                "detail": clean,
+            }
+            digest = chain.link_hash(
+                head.last_hash, chain.content_hash(chain.event_content(**fields))
             )
-            digest = chain.link_hash(head.last_hash, chain.content_hash(content))
-            db.add(
-                AuditEvent(
-                    id=event_id,
-                    at=now,
-                    tag=tag,
-                    actor=actor,
-                    device=device,
-                    session_id=session_id,
-                    request_id=request_id,
-                    detail=clean,
-                    prev_hash=head.last_hash,
-                    hash=digest,
-                )
-            )
+            db.add(AuditEvent(**fields, prev_hash=head.last_hash, hash=digest))
             head.last_event_id, head.last_hash, head.updated_at = event_id, digest, now
             checkpoint = None
             if self._key is not None and self._policy.due(head, now):
