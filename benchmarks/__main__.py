@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         setup = measure.setup(r, args.setup_runs)
         r.kex = report.SAME_KEX
         setup_same_kex = measure.setup(r, args.setup_runs)
-    results = report.Results(args.bytes, args.rounds, args.setup_runs, bulk, setup, setup_same_kex)
+        revocation = measure.revocation(r, args.revocations)
+    results = report.Results(
+        args.bytes, args.rounds, args.setup_runs, bulk, setup, setup_same_kex, revocation
+    )
     print(report.table(results))
     if args.write:
         notes = ""
