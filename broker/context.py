@@ -13,7 +13,7 @@ from broker.supervisor import Supervisor
 from broker.tasks import TaskSet
 from policy.config import Settings
 from policy.models import utcnow
-from policy.supervise import Limits
+from policy.supervise import limits_from
 from policy.vault import Vault
 from recorder.audit import AuditLog
 from recorder.flusher import Flusher
@@ -34,7 +34,11 @@ class GatewayContext:
     supervisor: Supervisor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.supervisor = Supervisor(self, Limits())
+        s = self.settings
+        limits = limits_from(
+            s.session_window_warnings, s.session_idle_timeout, s.session_max_length
+        )
+        self.supervisor = Supervisor(self, limits)
 
     def now(self) -> datetime:
         return self.clock()

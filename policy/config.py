@@ -33,6 +33,9 @@ class Settings:
     upstream_connect_timeout: float = 10.0
     gateway_proxy_protocol: bool = False  # every connection must start with a PROXY header
     gateway_proxy_trusted: tuple[str, ...] = ()  # CIDRs of the load balancers that send it
+    session_window_warnings: tuple[str, ...] = ("900", "300", "60")  # seconds before the end
+    session_idle_timeout: int = 1800  # seconds without traffic; 0 turns it off
+    session_max_length: int = 43200  # seconds; 0 turns it off (grants may set their own)
     recordings_backend: str = "local"  # "local" (recordings_dir) or "s3"
     recordings_retention_days: int = 0  # 0 keeps recordings forever
     s3_endpoint: str = ""  # empty: the AWS default for s3_region
@@ -73,6 +76,9 @@ _FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("gateway", "upstream_connect_timeout"): ("upstream_connect_timeout", float),
     ("gateway", "proxy_protocol"): ("gateway_proxy_protocol", bool),
     ("gateway", "proxy_trusted"): ("gateway_proxy_trusted", tuple),  # "10.0.0.0/8,10.1.0.0/16"
+    ("session", "window_warnings"): ("session_window_warnings", tuple),  # "900,300,60"
+    ("session", "idle_timeout"): ("session_idle_timeout", int),
+    ("session", "max_length"): ("session_max_length", int),
     ("web", "host"): ("web_host", str),
     ("web", "port"): ("web_port", int),
     ("recordings", "dir"): ("recordings_dir", Path),

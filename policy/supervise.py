@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from policy.errors import ConfigError
 
 DEFAULT_WARNINGS = (15 * 60, 5 * 60, 60)
 
@@ -13,6 +16,19 @@ class Limits:
     warnings: tuple[int, ...] = DEFAULT_WARNINGS  # seconds before the window ends
     idle_timeout: int | None = 30 * 60
     max_session: int | None = 12 * 3600
+
+
+def limits_from(warnings: Sequence[str], idle_timeout: int, max_session: int) -> Limits:
+    """Limits from settings: warnings in seconds; 0 turns a limit off."""
+    try:
+        seconds = tuple(sorted({int(w) for w in warnings}, reverse=True))
+    except ValueError:
+        raise ConfigError(
+            "config-invalid", f"session.window_warnings: {','.join(warnings)!r} is not seconds"
+        ) from None
+    if any(w <= 0 for w in seconds) or idle_timeout < 0 or max_session < 0:
+        raise ConfigError("config-invalid", "session limits must be positive (0 turns one off)")
+    return Limits(seconds, idle_timeout or None, max_session or None)
 
 
 @dataclass(frozen=True)

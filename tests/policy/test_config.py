@@ -257,3 +257,14 @@ def test_render_control_characters_round_trip(tmp_path: Path, name: str) -> None
         None, env={"SALLYPORT_DATA_DIR": str(tmp_path / "d"), "SALLYPORT_NODE_NAME": name}
     )
     assert round_trip(tmp_path, original) == original
+
+
+def test_session_limits_load_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "sallyport.toml"
+    path.write_text('data_dir = "d"\n[session]\nwindow_warnings = "600,120"\nidle_timeout = 300\n')
+    s = load_settings(path, env={"SALLYPORT_SESSION_MAX_LENGTH": "7200"})
+    assert s.session_window_warnings == ("600", "120")
+    assert (s.session_idle_timeout, s.session_max_length) == (300, 7200)
+    again = tmp_path / "again.toml"
+    again.write_text(render_settings(s))
+    assert load_settings(again, env={}) == s

@@ -97,3 +97,16 @@ def test_a_session_past_any_limit_is_never_left_running(
     action = next_action(f, LIMITS)
     must_end = window_left <= 0 or age >= 3600 or idle >= 600 or revoked or killed
     assert (action.end_reason is not None) == must_end
+
+
+def test_limits_from_settings() -> None:
+    import pytest
+
+    from policy.errors import ConfigError
+    from policy.supervise import limits_from
+
+    assert limits_from(("60", "900", "300"), 1800, 0) == Limits((900, 300, 60), 1800, None)
+    with pytest.raises(ConfigError, match="window_warnings"):
+        limits_from(("15m",), 1800, 3600)
+    with pytest.raises(ConfigError, match="positive"):
+        limits_from(("0",), 1800, 3600)
