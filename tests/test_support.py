@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -249,17 +250,20 @@ async def test_concurrent_devices(tmp_path: Path) -> None:
 def test_sshd_is_gone_after_exit(tmp_path: Path) -> None:
     with run_sshd(tmp_path / "device") as dev:
         port, pid = dev.port, dev.pid
-    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
-        pass
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
     assert not Path(f"/proc/{pid}/cmdline").exists() or (
         Path(f"/proc/{pid}/cmdline").read_bytes() == b""
     )
 
 
 def test_same_workdir_twice_is_refused(tmp_path: Path) -> None:
-    with run_sshd(tmp_path / "device"), pytest.raises(ValueError, match="already running"):
-        with run_sshd(tmp_path / "device"):
-            pass
+    with (
+        run_sshd(tmp_path / "device"),
+        contextlib.ExitStack() as stack,
+        pytest.raises(ValueError, match="already running"),
+    ):
+        stack.enter_context(run_sshd(tmp_path / "device"))
 
 
 async def test_password_is_not_leaked_by_harness(tmp_path: Path, device: SshdDevice) -> None:

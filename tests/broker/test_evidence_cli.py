@@ -3,11 +3,9 @@ OpenSSH -> gateway -> sshd, exported, verified offline, tampered, refused."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import json
-import sys
 import zipfile
 from pathlib import Path
 
@@ -15,52 +13,21 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from broker import evidence_cli
-from broker.cli import CliError, build_parser, main
-from broker.errors import BrokerError
 from broker.gateway import Gateway
 from policy.config import Settings, render_settings
-from policy.errors import PolicyError
 from policy.models import AuditEvent, Device
 from policy.vault import Vault
-from recorder.errors import RecorderError
-from tests.broker.test_gateway import only_session, wait_exit
+from tests.broker.test_cli import run_cli
+from tests.broker.test_gateway import only_session, pty_ssh, wait_exit
 from tests.conftest import VendorLogin, grant
 from tests.support.evidence_world import World, build_world
-from tests.support.openssh import TmuxSession, make_askpass, ssh_argv
 
 Sessions = async_sessionmaker[AsyncSession]
 
 
-def _wired() -> bool:
-    """True once broker.cli's parser registers these commands itself."""
-    return any(
-        isinstance(action, argparse._SubParsersAction) and "evidence" in action.choices
-        for action in build_parser()._actions
-    )
-
-
 def cli(argv: list[str]) -> int:
-    """``sallyport ARGV``: through broker.cli.main when wired, else the same parser shape."""
-    if _wired():
-        try:
-            return main(argv)
-        except SystemExit as exc:
-            return int(exc.code or 0)
-    parser = argparse.ArgumentParser(prog="sallyport")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path)
-    evidence_cli.register(parser.add_subparsers(metavar="COMMAND"), common)
-    args = parser.parse_args(argv)
-    try:
-        result: int = args.func(args)
-        return result
-    except (PolicyError, RecorderError, BrokerError) as exc:
-        print(f"sallyport: error: {exc.message} [{exc.code}]", file=sys.stderr)
-        return 2
-    except CliError as exc:
-        print(f"sallyport: error: {exc}", file=sys.stderr)
-        return 2
+    """``sallyport ARGV``, through the real entry point."""
+    return run_cli(argv)
 
 
 @pytest.fixture
@@ -183,16 +150,7 @@ async def test_real_session_exported_and_verified_offline(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     await grant(db, devices=["pump-12"])
-    askpass = make_askpass(tmp_path / "pty", [vendor.code()], None)
-    argv = ssh_argv(
-        host="127.0.0.1",
-        port=gateway.port,
-        user="vendor1:pump-12",
-        identity=vendor.identity,
-        command=None,
-        extra_args=["-tt"],
-    )
-    with TmuxSession(tmp_path / "pty", argv, askpass.env, width=100, height=30) as term:
+    with pty_ssh(vendor, gateway, tmp_path / "pty") as term:
         term.sendline("echo evidence-$((6*7))")
         await term.wait_for_async("evidence-42")
         term.sendline("exit 0")

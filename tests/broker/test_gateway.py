@@ -37,6 +37,20 @@ async def wait_exit(term: TmuxSession, timeout: float = 15) -> int | None:
     raise AssertionError(f"ssh did not exit; screen:\n{term.screen()}")
 
 
+def pty_ssh(vendor: VendorLogin, gateway: Gateway, workdir: Path) -> TmuxSession:
+    """``ssh -tt vendor1:pump-12@gateway`` in a 100x30 tmux terminal, code answered."""
+    askpass = make_askpass(workdir, [vendor.code()], None)
+    argv = ssh_argv(
+        host="127.0.0.1",
+        port=gateway.port,
+        user="vendor1:pump-12",
+        identity=vendor.identity,
+        command=None,
+        extra_args=["-tt"],
+    )
+    return TmuxSession(workdir, argv, askpass.env, width=100, height=30)
+
+
 async def settled(db: Sessions) -> None:
     """Wait until every session is closed out (the gateway seals recordings after the
     vendor's client has already exited)."""
@@ -313,16 +327,7 @@ async def test_interactive_pty_session_with_resize(
     vendor: VendorLogin, pump: Device, db: Sessions, gateway: Gateway, tmp_path: Path
 ) -> None:
     await grant(db, devices=["pump-12"])
-    askpass = make_askpass(tmp_path / "pty", [vendor.code()], None)
-    argv = ssh_argv(
-        host="127.0.0.1",
-        port=gateway.port,
-        user="vendor1:pump-12",
-        identity=vendor.identity,
-        command=None,
-        extra_args=["-tt"],
-    )
-    with TmuxSession(tmp_path / "pty", argv, askpass.env, width=100, height=30) as term:
+    with pty_ssh(vendor, gateway, tmp_path / "pty") as term:
         term.sendline("PS1='dev$ '; stty size")
         await term.wait_for_async("30 100")
         term.resize(120, 40)

@@ -324,7 +324,7 @@ async def run_ssh(
 
 
 class TmuxError(RuntimeError):
-    pass
+    """tmux failed, or a terminal never showed what a test waited for."""
 
 
 class TmuxSession:
