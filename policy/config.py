@@ -44,6 +44,25 @@ class Settings:
     s3_prefix: str = ""
     audit_checkpoint_every: int = 1000  # sign a checkpoint after this many events ...
     audit_checkpoint_seconds: float = 300.0  # ... or when the last one is this old
+    web_public_url: str = ""  # how vendors reach the portal, for invite links and emails
+    web_cookie_secure: bool = True  # Secure cookies; off only for plain-HTTP local demos
+    web_session_minutes: int = 480  # a signed-in browser expires after this long
+    web_idle_minutes: int = 30  # ... or after this long without a request
+    web_login_attempts: int = 5  # failed logins per login name (and per address x4) ...
+    web_login_window: int = 900  # ... within this many seconds, then refused until it passes
+    gateway_public_host: str = "localhost"  # the host name vendors give ssh (connect panel)
+    gateway_public_port: int = 2222
+    workflow_ticket_pattern: str = r"^(CHG|INC)[0-9]{4,10}$"  # a full-match regex
+    workflow_invite_hours: int = 72  # an invite link works this long, once
+    notify_smtp_host: str = ""  # empty: no email
+    notify_smtp_port: int = 25
+    notify_smtp_starttls: bool = False
+    notify_smtp_user: str = ""
+    notify_smtp_password: str = ""
+    notify_from: str = "sallyport@localhost"
+    notify_email_to: tuple[str, ...] = ()  # staff addresses told of every workflow event
+    notify_webhooks: tuple[str, ...] = ()  # URLs that get a JSON POST per event
+    notify_webhook_secret: str = ""  # when set, each POST carries an HMAC-SHA256 signature
 
     @property
     def keys_dir(self) -> Path:
@@ -88,6 +107,25 @@ _FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("recordings", "s3_bucket"): ("s3_bucket", str),
     ("recordings", "s3_region"): ("s3_region", str),
     ("recordings", "s3_prefix"): ("s3_prefix", str),
+    ("web", "public_url"): ("web_public_url", str),
+    ("web", "cookie_secure"): ("web_cookie_secure", bool),
+    ("web", "session_minutes"): ("web_session_minutes", int),
+    ("web", "idle_minutes"): ("web_idle_minutes", int),
+    ("web", "login_attempts"): ("web_login_attempts", int),
+    ("web", "login_window"): ("web_login_window", int),
+    ("gateway", "public_host"): ("gateway_public_host", str),
+    ("gateway", "public_port"): ("gateway_public_port", int),
+    ("workflow", "ticket_pattern"): ("workflow_ticket_pattern", str),
+    ("workflow", "invite_hours"): ("workflow_invite_hours", int),
+    ("notify", "smtp_host"): ("notify_smtp_host", str),
+    ("notify", "smtp_port"): ("notify_smtp_port", int),
+    ("notify", "smtp_starttls"): ("notify_smtp_starttls", bool),
+    ("notify", "smtp_user"): ("notify_smtp_user", str),
+    ("notify", "smtp_password"): ("notify_smtp_password", str),
+    ("notify", "from"): ("notify_from", str),
+    ("notify", "email_to"): ("notify_email_to", tuple),
+    ("notify", "webhooks"): ("notify_webhooks", tuple),
+    ("notify", "webhook_secret"): ("notify_webhook_secret", str),
     ("audit", "checkpoint_every"): ("audit_checkpoint_every", int),
     ("audit", "checkpoint_seconds"): ("audit_checkpoint_seconds", float),
     ("log", "format"): ("log_format", str),

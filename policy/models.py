@@ -140,6 +140,10 @@ class Device(Base):
         _enum(CredentialKind, "credential_kind"), nullable=True
     )
     credential_secret: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # weekly windows in which vendor work is allowed (policy.windows.Weekly.to_json);
+    # empty means no restriction
+    maintenance_windows: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     segment: Mapped[Segment] = relationship(back_populates="devices")
@@ -169,6 +173,8 @@ class Vendor(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     users: Mapped[list[VendorUser]] = relationship(back_populates="vendor")
+    # the devices this organization services: its users may request only these
+    devices: Mapped[list[Device]] = relationship(secondary="vendor_device")
 
 
 class VendorUser(Base):
@@ -226,10 +232,19 @@ class StaffUser(Base):
     email: Mapped[str] = mapped_column(String(254), default="")
     password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
     totp_secret: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    totp_last_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     roles: Mapped[list[str]] = mapped_column(JSON, default=list)
     disabled: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
+
+vendor_device = Table(
+    "vendor_device",
+    Base.metadata,
+    Column("vendor_id", ForeignKey("vendor.id", ondelete="CASCADE"), primary_key=True),
+    Column("device_id", ForeignKey("device.id", ondelete="CASCADE"), primary_key=True),
+)
 
 request_device = Table(
     "access_request_device",
@@ -256,9 +271,19 @@ class AccessRequest(Base):
     services: Mapped[list[str]] = mapped_column(JSON, default=list)
     window_start: Mapped[datetime] = mapped_column(UTCDateTime)
     window_end: Mapped[datetime] = mapped_column(UTCDateTime)
+    # a recurring weekly window inside [window_start, window_end) (policy.windows.Weekly)
+    recurrence: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     status: Mapped[RequestStatus] = mapped_column(
         _enum(RequestStatus, "request_status"), default=RequestStatus.PENDING
     )
+    # who filed it: "vendor:LOGIN" or "staff:LOGIN" / "token:NAME" for integrations
+    filed_by: Mapped[str] = mapped_column(String(100), default="")
+    # bumped by every edit; approvals bind the content of one revision (Approval.binding)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    # why a window outside the devices' maintenance windows was allowed anyway
+    override_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    decision_reason: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     devices: Mapped[list[Device]] = relationship(secondary=request_device)
@@ -273,8 +298,11 @@ class Approval(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     request_id: Mapped[int] = mapped_column(ForeignKey("access_request.id", ondelete="CASCADE"))
     approver: Mapped[str] = mapped_column(String(100))
+    staff_user_id: Mapped[int | None] = mapped_column(ForeignKey("staff_user.id"), nullable=True)
     role: Mapped[str] = mapped_column(String(32))
     decision: Mapped[str] = mapped_column(String(16))
+    # SHA-256 of the request content approved (ticket, devices, services, window, recurrence)
+    binding: Mapped[str] = mapped_column(String(64), default="")
     comment: Mapped[str] = mapped_column(Text, default="")
     decided_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -293,6 +321,8 @@ class Grant(Base):
     services: Mapped[list[str]] = mapped_column(JSON, default=list)
     window_start: Mapped[datetime] = mapped_column(UTCDateTime)
     window_end: Mapped[datetime] = mapped_column(UTCDateTime)
+    # sessions may start only inside an occurrence of this weekly window (policy.windows)
+    recurrence: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     approved_by: Mapped[str] = mapped_column(String(200), default="")
     transfers: Mapped[str] = mapped_column(String(16), default="read-write")
     # per-grant limits in seconds; None means the gateway's defaults
@@ -402,3 +432,65 @@ class AuditCheckpoint(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     key_id: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str] = mapped_column(String(128))
+
+
+class Invite(Base):
+    """A one-time link to register: a vendor user of one organization, or a staff user."""
+
+    __tablename__ = "invite"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # SHA-256 of the token
+    kind: Mapped[str] = mapped_column(String(16))  # "vendor" or "staff"
+    vendor_id: Mapped[int | None] = mapped_column(ForeignKey("vendor.id"), nullable=True)
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list)  # staff invites only
+    email: Mapped[str] = mapped_column(String(254), default="")
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    used_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+
+    vendor: Mapped[Vendor | None] = relationship()
+
+
+class ApiToken(Base):
+    """A bearer token for integrations; it acts as its staff or vendor user."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # SHA-256 of the token
+    name: Mapped[str] = mapped_column(String(100))
+    staff_user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("staff_user.id", ondelete="CASCADE"), nullable=True
+    )
+    vendor_user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("vendor_user.id", ondelete="CASCADE"), nullable=True
+    )
+    created_by: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class WebSession(Base):
+    """A signed-in browser: the cookie holds a random id, the row holds its SHA-256."""
+
+    __tablename__ = "web_session"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class LoginFailure(Base):
+    """A failed web login, by login name and client address; rate limits count these."""
+
+    __tablename__ = "login_failure"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    login: Mapped[str] = mapped_column(String(64), index=True)
+    address: Mapped[str] = mapped_column(String(100), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
