@@ -121,6 +121,7 @@ class VendorServer(asyncssh.SSHServer):
             log.error("login refused: database unreachable", error=str(exc), login=self.login)
             self._banner(messages.NO_DATABASE)
             self.user = None
+            await self._audit("broker:login:deny", reason="database-unreachable")  # spooled
             return True
         decision = decide_login(store.user_view(self.user), self.ctx.now())
         if not decision.allow:

@@ -12,19 +12,32 @@ at once (waiting up to ``busy_timeout``, never failing on a stale snapshot); the
 ``id = last_event_id + 1`` and ``prev_hash = last_hash``, the head moves on, and the
 commit releases the lock: ids are consecutive and the chain has one order, whatever
 number of gateway and web processes append at once.
+
+When the database cannot be reached, an event is not lost: it goes to a spool file (one
+per process, JSON lines, fsynced, under ``data_dir/audit-spool``) and is appended to the
+chain once the database answers again, by this process or, after a crash, by the next one
+that starts (``replay_spool``). A replayed event is stamped with the time it entered the
+chain; ``detail.occurred_at`` keeps when it happened and ``detail.spool_id`` makes the
+replay idempotent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import json
+import os
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from policy.models import AuditChainHead, AuditCheckpoint, AuditEvent, utcnow
@@ -41,6 +54,8 @@ log = structlog.get_logger("audit")
 _TAG = re.compile(r"^[a-z]+:[a-z0-9-]+:[a-z0-9-]+$")
 HEAD_ID = 1
 CHECKPOINT_TAG = "recorder:audit:checkpoint"
+# database errors that are our bug, not an outage: raised, never spooled
+_NOT_OUTAGES = (IntegrityError, ProgrammingError, DataError)
 
 
 @dataclass(frozen=True)
@@ -64,13 +79,16 @@ class AuditLog:
         signing_key: Ed25519PrivateKey | None = None,
         checkpoints: CheckpointPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
+        spool_dir: Path | None = None,
     ) -> None:
-        """Without ``signing_key`` the chain is kept but no checkpoint is signed."""
+        """Without ``signing_key`` the chain is kept but no checkpoint is signed; without
+        ``spool_dir`` an event that cannot be written raises instead of being spooled."""
         self._sessions = sessions
         self._key = signing_key
         self._key_id = chain.key_id(signing_key.public_key()) if signing_key else ""
         self._policy = checkpoints or CheckpointPolicy()
         self._clock = clock
+        self._spool = Spool(spool_dir) if spool_dir is not None else None
 
     @classmethod
     def from_settings(
@@ -84,6 +102,7 @@ class AuditLog:
             checkpoints=CheckpointPolicy(
                 settings.audit_checkpoint_every, settings.audit_checkpoint_seconds
             ),
+            spool_dir=settings.data_dir / "audit-spool",
         )
 
     async def record(
@@ -98,6 +117,54 @@ class AuditLog:
     ) -> None:
         if not _TAG.match(tag):
             raise ValueError(f"audit tag {tag!r} is not source:subject:action")
+        refs: dict[str, Any] = {
+            "actor": actor, "device": device, "session_id": session_id, "request_id": request_id
+        }  # fmt: skip
+        try:
+            await self._append(tag, refs, detail)
+        except (SQLAlchemyError, OSError) as exc:
+            if self._spool is None or isinstance(exc, _NOT_OUTAGES):
+                raise
+            self._spool.put(tag, refs, detail, self._clock())
+            log.warning("audit event spooled: the database is unreachable", tag=tag,
+                        error=str(exc), **refs, **detail)  # fmt: skip
+
+    async def replay_spool(self) -> int:
+        """Append spooled events to the chain (ours, and those of dead processes);
+        returns how many went in. Stops at the first database error, keeping the rest."""
+        if self._spool is None:
+            return 0
+        count = 0
+        for path in self._spool.ready_files():
+            with path.open("r+", encoding="utf-8") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live process is still writing it
+                entries = _read_spool(handle)
+                done = await self._replayed_ids(entries)
+                for entry in entries:
+                    if entry["detail"]["spool_id"] in done:
+                        continue
+                    await self._append(entry["tag"], entry["refs"], entry["detail"])
+                    count += 1
+                path.unlink()
+        if count:
+            log.info("audit spool replayed", events=count)
+        return count
+
+    async def _replayed_ids(self, entries: list[dict[str, Any]]) -> set[str]:
+        """Spool ids already in the chain (a replay cut off before its file was removed)."""
+        if not entries:
+            return set()
+        since = min(chain.parse_iso(e["detail"]["occurred_at"]) for e in entries)
+        async with self._sessions() as db:
+            rows = await db.scalars(select(AuditEvent.detail).where(AuditEvent.at >= since))
+            return {str(d["spool_id"]) for d in rows if isinstance(d, dict) and "spool_id" in d}
+
+    async def _append(self, tag: str, refs: dict[str, Any], detail: dict[str, Any]) -> None:
+        actor, device = refs["actor"], refs["device"]
+        session_id, request_id = refs["session_id"], refs["request_id"]
         clean = chain.normalize(detail)
         async with self._sessions() as db:
             head = await lock_head(db)
@@ -145,16 +212,26 @@ class AuditLog:
         _log_checkpoint(checkpoint)
         return checkpoint
 
-    async def run_checkpoints(self) -> None:
-        """Sign a checkpoint whenever one falls due by time, until cancelled (so the last
-        events before a quiet spell do not stay unsigned)."""
+    async def run_checkpoints(self, spool_interval: float = 1.0) -> None:
+        """Until cancelled: replay spooled events once the database answers, and sign a
+        checkpoint whenever one falls due by time (so the last events before a quiet
+        spell do not stay unsigned)."""
         interval = max(1.0, min(self._policy.seconds, 60.0))
+        waited = 0.0
         while True:
-            await asyncio.sleep(interval)
             try:
-                await self.checkpoint()
+                if self._spool is not None and self._spool.pending():
+                    self._spool.rotate()
+                    await self.replay_spool()
+                if waited >= interval:
+                    waited = 0.0
+                    await self.checkpoint()
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("audit upkeep: the database is unreachable", error=str(exc))
             except Exception:
-                log.exception("audit checkpoint failed")
+                log.exception("audit upkeep failed")
+            await asyncio.sleep(spool_interval)
+            waited += spool_interval
 
     def _checkpoint(self, db: AsyncSession, head: AuditChainHead, now: datetime) -> AuditCheckpoint:
         assert self._key is not None
@@ -218,3 +295,47 @@ def _log_checkpoint(checkpoint: AuditCheckpoint) -> None:
         key_id=checkpoint.key_id,
         signature=checkpoint.signature,
     )
+
+
+class Spool:
+    """This process's spool file, locked while it is open so no one else replays it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self._file: IO[str] | None = None
+        self._path: Path | None = None
+
+    def put(self, tag: str, refs: dict[str, Any], detail: dict[str, Any], now: datetime) -> None:
+        if self._file is None:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._path = self.dir / f"{os.getpid()}-{uuid.uuid4().hex}.jsonl"
+            self._file = self._path.open("a", encoding="utf-8")
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+        stamped = {**detail, "occurred_at": chain.iso(now), "spool_id": uuid.uuid4().hex}
+        line = json.dumps({"tag": tag, "refs": refs, "detail": chain.normalize(stamped)})
+        self._file.write(line + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def pending(self) -> bool:
+        return self._file is not None or any(self.dir.glob("*.jsonl"))
+
+    def rotate(self) -> None:
+        """Close our file (unlocking it) so it can be replayed; new events start another."""
+        if self._file is not None:
+            self._file.close()
+            self._file = self._path = None
+
+    def ready_files(self) -> list[Path]:
+        return sorted(self.dir.glob("*.jsonl"), key=lambda p: p.stat().st_mtime)
+
+
+def _read_spool(handle: IO[str]) -> list[dict[str, Any]]:
+    """The complete lines of a spool file (a line torn by a crash is dropped, logged)."""
+    entries = []
+    for number, line in enumerate(handle.read().splitlines(), start=1):
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.error("audit spool: unreadable line dropped", file=handle.name, line=number)
+    return entries
