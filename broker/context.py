@@ -1,4 +1,5 @@
-"""What every gateway connection shares: settings, database, vault, storage, audit."""
+"""What every gateway connection shares: settings, database, vault, storage, audit,
+notifications."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from broker.supervisor import Supervisor
 from broker.tasks import TaskSet
 from policy.config import Settings
 from policy.models import utcnow
+from policy.notify import Notifier
 from policy.supervise import limits_from
 from policy.vault import Vault
 from recorder.audit import AuditLog
@@ -31,6 +33,7 @@ class GatewayContext:
     flusher: Flusher = field(default_factory=Flusher)
     tasks: TaskSet = field(default_factory=TaskSet)
     clock: Callable[[], datetime] = utcnow
+    notifier: Notifier | None = None  # email and webhooks for session events
     supervisor: Supervisor = field(init=False)
 
     def __post_init__(self) -> None:

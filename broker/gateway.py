@@ -22,6 +22,7 @@ from broker.relay import VendorSession
 from policy.config import Settings
 from policy.db import create_engine, session_factory
 from policy.keyfiles import load_vault
+from policy.notify import Notifier
 from recorder.audit import AuditLog
 from recorder.backends import open_storage
 
@@ -79,13 +80,15 @@ class InnerServer(GatewayServer):
 def build_context(settings: Settings) -> GatewayContext:
     engine = create_engine(settings.database_url)
     sessions = session_factory(engine)
+    audit = AuditLog.from_settings(sessions, settings)
     return GatewayContext(
         settings=settings,
         sessions=sessions,
         vault=load_vault(settings.vault_key_path),
         storage=open_storage(settings),
-        audit=AuditLog.from_settings(sessions, settings),
+        audit=audit,
         ca=load_ca(settings.ca_key_path, settings.host_key_path),
+        notifier=Notifier.from_settings(settings, audit),
     )
 
 
@@ -106,6 +109,8 @@ class Gateway:
         await self.ctx.supervisor.shutdown(message)
         await self.ctx.tasks.drain(within=10)
         await self.ctx.supervisor.stop()
+        if self.ctx.notifier is not None:  # after the sessions ended: their events go out
+            await self.ctx.notifier.close()
         await self.ctx.tasks.cancel_all()
         await self.ctx.flusher.stop()
         self.ctx.storage.close()
@@ -129,6 +134,8 @@ async def start_gateway(
             "listen-failed", f"cannot listen on {host}:{port}: {exc.strerror or exc}"
         ) from None
     ctx.flusher.start()
+    if ctx.notifier is not None:
+        ctx.notifier.start()
     ctx.supervisor.start()
     ctx.tasks.spawn(ctx.audit.run_checkpoints(), name="checkpoints")
     gateway = Gateway(ctx, acceptor)

@@ -1,21 +1,29 @@
 """Session bookkeeping shared by every relayed channel (shell, exec, forward, file transfer):
-the Session row, its Recording row, and the audit events that open and close them."""
+the Session row, its Recording row, the audit events that open and close them, and the
+session.started / session.ended notifications."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
+import structlog
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from policy.decide import GrantView
 from policy.models import Device, Recording, RecordingStatus, Session, utcnow
+from policy.notify import session_payload
 from policy.snapshot import device_snapshot
 from recorder import metrics
 from recorder.storage import StoredObject
 
 if TYPE_CHECKING:
     from broker.auth import VendorServer
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -59,6 +67,7 @@ async def open_session(
         kind=kind,
         command=command,
     )
+    _notify(server, "session.started", session_payload(session, server.user.login, device.name))
     return session.id
 
 
@@ -73,27 +82,25 @@ async def add_recording(server: VendorServer, session_id: str, key: str, fmt: st
 
 
 async def close_session(server: VendorServer, session_id: str, end: SessionEnd) -> None:
-    """Record the end of a session and its recording's hash; audit both."""
+    """Record the end of a session and its recording's hash; audit both.
+
+    Without the database the audit events are spooled (``recorder.audit``) and the row
+    write is retried in the background until the database answers again."""
     metrics.session_ended()
     now = utcnow()
     stored = end.stored
     status = RecordingStatus.FINAL
     if stored is not None and not stored.complete:
         status = RecordingStatus.INCOMPLETE
-    async with server.ctx.sessions() as db:
-        session = await db.get(Session, session_id)
-        assert session is not None
-        session.ended_at = now
-        session.end_reason = end.reason
-        session.exit_status = end.exit_status
-        session.bytes_from_vendor = end.bytes_from_vendor
-        session.bytes_from_device = end.bytes_from_device
-        if stored is not None:
-            rec = await db.scalar(select(Recording).where(Recording.storage_key == stored.key))
-            assert rec is not None
-            rec.status, rec.finished_at = status, now
-            rec.sha256, rec.size = stored.sha256, stored.size
-        await db.commit()
+    try:
+        session = await _write_end(server, session_id, end, status, now)
+    except (SQLAlchemyError, OSError) as exc:
+        log.error("session end not written: database unreachable; retrying",
+                  session_id=session_id, error=str(exc))  # fmt: skip
+        server.ctx.tasks.spawn(
+            _retry_write_end(server, session_id, end, status, now), name=f"close-{session_id}"
+        )
+        session = None
     if stored is not None:
         await server._audit(
             "broker:recording:final",
@@ -109,3 +116,58 @@ async def close_session(server: VendorServer, session_id: str, end: SessionEnd) 
             bytes_from_vendor=end.bytes_from_vendor, bytes_from_device=end.bytes_from_device
         )
     await server._audit("broker:session:end", session_id=session_id, **detail)
+    if session is not None:
+        vendor = server.user.login if server.user is not None else server.login
+        device = (session.device_snapshot or {}).get("name") or str(session.device_id)
+        _notify(server, "session.ended", session_payload(session, vendor, device))
+
+
+async def _write_end(
+    server: VendorServer,
+    session_id: str,
+    end: SessionEnd,
+    status: RecordingStatus,
+    now: datetime,
+) -> Session:
+    stored = end.stored
+    async with server.ctx.sessions() as db:
+        session = await db.get(Session, session_id)
+        assert session is not None
+        session.ended_at = now
+        session.end_reason = end.reason
+        session.exit_status = end.exit_status
+        session.bytes_from_vendor = end.bytes_from_vendor
+        session.bytes_from_device = end.bytes_from_device
+        if stored is not None:
+            rec = await db.scalar(select(Recording).where(Recording.storage_key == stored.key))
+            assert rec is not None
+            rec.status, rec.finished_at = status, now
+            rec.sha256, rec.size = stored.sha256, stored.size
+        await db.commit()
+    return session
+
+
+async def _retry_write_end(
+    server: VendorServer,
+    session_id: str,
+    end: SessionEnd,
+    status: RecordingStatus,
+    now: datetime,
+    every: float = 1.0,
+) -> None:
+    """Write the session's end once the database is back (a restart's orphan recovery
+    covers a gateway that dies first; the spooled audit events keep the true reason)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await _write_end(server, session_id, end, status, now)
+        except (SQLAlchemyError, OSError):
+            continue
+        log.info("session end written after the database came back", session_id=session_id)
+        return
+
+
+def _notify(server: VendorServer, event: str, payload: dict[str, object]) -> None:
+    """Queue the event (never waits: delivery is the notifier's worker's business)."""
+    if server.ctx.notifier is not None:
+        server.ctx.notifier.emit(event, payload)

@@ -17,14 +17,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from broker.cli import prepare
 from broker.gateway import Gateway, build_context, start_gateway
 from policy import admin
 from policy.config import Settings
 from policy.db import create_engine, session_factory
-from policy.keyfiles import load_vault
-from policy.models import CredentialKind
+from policy.keyfiles import load_signing_key, load_vault
+from policy.models import AuditEvent, CredentialKind, Session
+from recorder.verify import verify_chain
 from tests.conftest import Clock, VendorLogin
 from tests.support.openssh import make_identity
 from tests.support.sshd import SshdDevice
@@ -145,3 +147,27 @@ async def test_losing_the_database_refuses_new_sessions_and_closes_live_ones(
     result = await asyncio.wait_for(live, 30)
     assert result.stdout == b"up\n"
     assert "lost its database" in result.stderr
+
+    # what happened while the database was away reaches the audit chain once it is back
+    await asyncio.to_thread(private_pg.start)
+    tags: list[str] = []
+    for _ in range(100):
+        async with gateway.ctx.sessions() as db:
+            rows = list(await db.scalars(select(AuditEvent).order_by(AuditEvent.id)))
+        tags = [r.tag for r in rows if r.detail.get("spool_id")]
+        if "broker:session:end" in tags:
+            break
+        await asyncio.sleep(0.2)
+    assert "broker:login:deny" in tags and "broker:session:end" in tags
+    denied = next(r for r in rows if r.tag == "broker:login:deny")
+    assert denied.detail["reason"] == "database-unreachable" and denied.detail["occurred_at"]
+    async with gateway.ctx.sessions() as db:
+        key = load_signing_key(gateway.ctx.settings.audit_key_path)
+        assert (await verify_chain(db, key.public_key())).ok
+    for _ in range(50):  # and the session row gets its end, written once the database is back
+        async with gateway.ctx.sessions() as db:
+            ended = list(await db.scalars(select(Session).where(Session.ended_at.is_not(None))))
+        if ended:
+            break
+        await asyncio.sleep(0.2)
+    assert [s.end_reason for s in ended] == ["database-unreachable"]
