@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from policy.db import create_engine
@@ -22,6 +23,9 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # nodes starting together: one migrates, the others wait, then find it done
+            connection.execute(text("SELECT pg_advisory_xact_lock(1936220524)"))
         context.run_migrations()
 
 
