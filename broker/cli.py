@@ -24,12 +24,14 @@ from broker.keys import load_host_key
 from policy import admin, migrate, totp
 from policy.config import Settings, load_settings
 from policy.db import create_engine, session_factory
-from policy.errors import PolicyError
+from policy.errors import InvalidInput, PolicyError
 from policy.keyfiles import load_signing_key, load_vault
 from policy.models import CredentialKind, Criticality
+from policy.windows import Weekly
 from recorder.audit import AuditLog
 from recorder.errors import RecorderError
 from web.app import start_web
+from web.context import WebContext
 
 T = TypeVar("T")
 
@@ -79,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh-port", type=int, default=2222)
     p.add_argument("--web-port", type=int, default=8080)
     p.add_argument("--code", action="store_true", help="print the demo vendor's current code")
+    p.add_argument(
+        "--who", default=None, help="with --code: a demo staff login (biomed1, security1, admin1)"
+    )
     p.set_defaults(func=cmd_demo)
 
     _admin_parsers(sub, common)
@@ -156,6 +161,13 @@ def _admin_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         default="read-write",
         help="what sftp/scp may do on the granted devices",
     )
+    p.add_argument(
+        "--recurring",
+        type=parse_recurring,
+        metavar="DAYS,HH:MM-HH:MM,TZ",
+        help="sessions only inside this weekly window, e.g. mon-fri,22:00-02:00,Europe/Berlin"
+        " (an end before the start runs past midnight)",
+    )
     p.add_argument("--approved-by", default=None)
     p.set_defaults(func=cmd_grant_add)
 
@@ -168,6 +180,13 @@ def parse_time(text: str) -> datetime:
     if value.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} has no time zone; add Z or +HH:MM")
     return value.astimezone(UTC)
+
+
+def parse_recurring(text: str) -> Weekly:
+    try:
+        return Weekly.from_spec(text)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -242,7 +261,15 @@ async def serve(settings: Settings, ready: Callable[[int, int], None] | None = N
     ctx = build_context(settings)
     gateway = await start_gateway(ctx)
     try:
-        runner = await start_web(ctx.sessions, settings.web_host, settings.web_port)
+        web_ctx = WebContext(
+            sessions=ctx.sessions,
+            settings=settings,
+            vault=ctx.vault,
+            audit=ctx.audit,
+            clock=ctx.clock,
+            notifier=ctx.notifier,
+        )
+        runner = await start_web(web_ctx, settings.web_host, settings.web_port)
     except OSError as exc:
         await gateway.close()
         raise BrokerError(
@@ -266,7 +293,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from broker import demo
 
     if args.code:
-        print(demo.current_code(args.data))
+        print(demo.current_code(args.data, args.who))
         return 0
     return demo.run(args.data, args.ssh_port, args.web_port)
 
@@ -411,6 +438,7 @@ def cmd_grant_add(args: argparse.Namespace) -> int:
             end=end,
             approved_by=args.approved_by or f"cli:{getpass.getuser()}",
             transfers=args.transfers,
+            recurrence=args.recurring,
         ),
         "policy:grant:add",
         login=args.login,
@@ -419,10 +447,12 @@ def cmd_grant_add(args: argparse.Namespace) -> int:
         ticket=args.ticket,
         window=[start.isoformat(), end.isoformat()],
         transfers=args.transfers,
+        recurrence=args.recurring.to_json() if args.recurring else None,
     )
+    weekly = f", recurring {args.recurring.describe()}" if args.recurring else ""
     print(
         f"grant {grant.id} for {args.login} on {', '.join(args.device)} "
-        f"({grant.ticket_ref}) {start:%Y-%m-%d %H:%M}Z - {end:%Y-%m-%d %H:%M}Z"
+        f"({grant.ticket_ref}) {start:%Y-%m-%d %H:%M}Z - {end:%Y-%m-%d %H:%M}Z{weekly}"
     )
     return 0
 

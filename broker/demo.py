@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+from sqlalchemy import insert, select
 
 from broker import logging as splog
 from broker.cli import prepare, serve
@@ -28,7 +29,7 @@ from policy.config import Settings, default_database_url, render_settings
 from policy.db import create_engine, session_factory
 from policy.decide import decide_target
 from policy.keyfiles import load_vault
-from policy.models import CredentialKind, Criticality, utcnow
+from policy.models import CredentialKind, Criticality, Device, utcnow, vendor_device
 from policy.store import grants_for, vendor_user
 
 CREDENTIALS = "demo-credentials.json"
@@ -52,6 +53,10 @@ def run(data: Path, ssh_port: int, web_port: int) -> int:
         web_port=web_port,
         recordings_dir=data / "recordings",
         log_format="console",
+        web_public_url=f"http://127.0.0.1:{web_port}",
+        web_cookie_secure=False,  # plain HTTP on loopback; a deployment serves HTTPS
+        gateway_public_host="127.0.0.1",
+        gateway_public_port=ssh_port,
     )
     (data / "sallyport.toml").write_text(render_settings(settings))
     splog.configure("console", "info")
@@ -144,7 +149,12 @@ async def _first_seed(db: Any, vault: Any, data: Path) -> dict[str, Any]:
         firmware="11.0",
         location="Radiology room 3",
     )
-    await admin.add_vendor(db, "Infusia Medical")
+    org = await admin.add_vendor(db, "Infusia Medical")
+    serviced = await db.scalars(select(Device.id).where(Device.name.in_([DEVICE, "ct-3"])))
+    await db.execute(
+        insert(vendor_device), [{"vendor_id": org.id, "device_id": d} for d in serviced]
+    )
+    await db.commit()
     key = asyncssh.generate_private_key("ssh-ed25519", comment=f"{VENDOR_LOGIN}@demo")
     key_path = data / f"{VENDOR_LOGIN}_ed25519"
     key.write_private_key(key_path)
@@ -200,17 +210,26 @@ async def _ensure_grant(db: Any) -> None:
     )
 
 
-def current_code(data: Path) -> str:
+def current_code(data: Path, who: str | None = None) -> str:
+    """The current TOTP code of the demo vendor, or of the demo staff user ``who``."""
     path = data.resolve() / CREDENTIALS
     if not path.exists():
         print(f"sallyport: no demo at {data} (run sallyport demo first)", file=sys.stderr)
         raise SystemExit(2)
-    secret = json.loads(path.read_text())["vendor"]["totp_secret"]
-    return totp.code_at(secret, utcnow())
+    creds = json.loads(path.read_text())
+    if who is None:
+        return totp.code_at(creds["vendor"]["totp_secret"], utcnow())
+    for person in creds["staff"]:
+        if person["login"] == who:
+            return totp.code_at(person["totp_secret"], utcnow())
+    logins = ", ".join(p["login"] for p in creds["staff"])
+    print(f"sallyport: no demo staff user {who!r} (one of: {logins})", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _instructions(data: Path, creds: dict[str, Any]) -> str:
     ssh, vendor = creds["ssh"], creds["vendor"]
+    staff = ", ".join(f"{p['login']} ({'/'.join(p['roles'])})" for p in creds["staff"])
     key = vendor["private_key"]
     exe = sys.argv[0] if sys.argv and sys.argv[0].endswith("sallyport") else "sallyport"
     known = data / "known_hosts"
@@ -225,6 +244,10 @@ Connect as the demo vendor ({vendor["login"]}); you will be asked for a Verifica
   shell:     {base} {vendor["login"]}:{DEVICE}@{ssh["host"]}
   command:   {base} {vendor["login"]}:{DEVICE}@{ssh["host"]} status
   my grants: {base} {vendor["login"]}@{ssh["host"]}
+
+Web portal {creds["web"]["url"]}/login  (password + code; passwords are in the file below)
+  vendor:    {vendor["login"]}  code: {exe} demo --data {data} --code
+  staff:     {staff}  code: {exe} demo --data {data} --code --who LOGIN
 
 Credentials for scripts: {data / CREDENTIALS}
 """

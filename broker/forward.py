@@ -118,6 +118,7 @@ _REASONS = {
     Reason.WINDOW_NOT_STARTED: "the access window has not started",
     Reason.WINDOW_ENDED: "the access window has ended",
     Reason.GRANT_REVOKED: "the grant was revoked",
+    Reason.OUTSIDE_RECURRING_WINDOW: "the recurring access window is not open now",
 }
 
 
@@ -154,7 +155,7 @@ class ForwardSession(asyncssh.SSHTCPSession[bytes]):
         self._eof: set[str] = set()
         assert decision.grant is not None
         grant = decision.grant
-        self.grant_id, self.window_end = grant.id, grant.window_end
+        self.grant_id, self.window_end = grant.id, decision.window_end
         self.idle_timeout, self.max_session = grant.idle_timeout, grant.max_session
         self.started = self.last_activity = server.ctx.now()
         server.ctx.supervisor.add(self)

@@ -10,6 +10,9 @@ _TARGET = {
     Reason.SERVICE_NOT_GRANTED: "your grant does not include {detail}",
     Reason.WINDOW_NOT_STARTED: "your access window for '{device}' has not started ({detail})",
     Reason.WINDOW_ENDED: "your access window for '{device}' has ended ({detail})",
+    Reason.OUTSIDE_RECURRING_WINDOW: (
+        "your recurring access window for '{device}' is not open now ({detail})"
+    ),
     Reason.GRANT_REVOKED: "your grant for '{device}' was revoked",
 }
 

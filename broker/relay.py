@@ -269,7 +269,7 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         if self.tap is not None and self.tap.refusal is not None:
             await self._audit_transfer(self.tap.refusal)
             raise TransferRefused(self.tap.refusal.reason)
-        self.grant_id, self.window_end = grant.id, grant.window_end
+        self.grant_id, self.window_end = grant.id, decision.window_end
         self.idle_timeout, self.max_session = grant.idle_timeout, grant.max_session
         self.ctx.supervisor.add(self)
         self.upstream_conn = await connect_device(

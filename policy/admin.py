@@ -10,7 +10,7 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -37,6 +37,7 @@ from policy.passwords import hash_password
 from policy.sshkeys import parse_public_key
 from policy.store import notify_supervisors
 from policy.vault import DEVICE_CREDENTIAL, TOTP_SECRET, Vault
+from policy.windows import Weekly, intervals
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TRANSFER_RULES = ("read-write", "download-only", "upload-only", "none")
@@ -201,8 +202,13 @@ async def add_grant(
     end: datetime,
     approved_by: str,
     transfers: str = "read-write",
+    recurrence: Weekly | None = None,
 ) -> Grant:
-    """An approved grant made by an administrator (the web workflow makes them from requests)."""
+    """An approved grant made by an administrator (the web workflow makes them from requests).
+
+    With ``recurrence`` sessions may run only inside its occurrences within [start, end);
+    a window that holds none, or too many to check, is refused.
+    """
     if not ticket.strip():
         raise InvalidInput("ticket-missing", "a grant needs a ticket reference")
     if start.tzinfo is None or end.tzinfo is None:
@@ -232,6 +238,13 @@ async def add_grant(
             raise InvalidInput(
                 "service-unknown", f"device {device.name!r} has no service {', '.join(lacking)}"
             )
+    if recurrence is not None and not intervals(start, end, recurrence):
+        raise InvalidInput(
+            "recurrence-empty",
+            f"the window {start.astimezone(UTC):%Y-%m-%d %H:%M} to "
+            f"{end.astimezone(UTC):%Y-%m-%d %H:%M} UTC holds no "
+            f"occurrence of {recurrence.describe()}",
+        )
     grant = Grant(
         vendor_user_id=user.id,
         ticket_ref=ticket.strip(),
@@ -240,6 +253,7 @@ async def add_grant(
         window_end=end,
         approved_by=approved_by,
         transfers=transfers,
+        recurrence=recurrence.to_json() if recurrence is not None else None,
         devices=found,
     )
     db.add(grant)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from policy.windows import Weekly, effective_window, next_opening
+
 
 class Reason(StrEnum):
     """Machine-readable decision reasons; the broker maps them to messages and codes."""
@@ -26,6 +28,7 @@ class Reason(StrEnum):
     WINDOW_ENDED = "window-ended"
     GRANT_REVOKED = "grant-revoked"
     SERVICE_NOT_GRANTED = "service-not-granted"
+    OUTSIDE_RECURRING_WINDOW = "outside-recurring-window"
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,24 @@ class GrantView:
     transfers: str = "read-write"
     idle_timeout: int | None = None
     max_session: int | None = None
+    # sessions only inside an occurrence of this weekly window (policy.windows)
+    recurrence: Weekly | None = None
+
+    def window_at(self, now: datetime) -> tuple[datetime, datetime] | None:
+        """The interval a session may run in at ``now`` (the current occurrence of a
+        recurring grant, clipped to the grant window), or None when it may not run."""
+        if self.revoked_at is not None:
+            return None
+        return effective_window(self.window_start, self.window_end, self.recurrence, now)
 
     def live_at(self, now: datetime) -> bool:
-        return self.revoked_at is None and self.window_start <= now < self.window_end
+        return self.window_at(now) is not None
+
+    def next_opening(self, now: datetime) -> datetime | None:
+        """When a session may next start under this grant (None: never again)."""
+        if self.revoked_at is not None:
+            return None
+        return next_opening(self.window_start, self.window_end, self.recurrence, now)
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,8 @@ class Decision:
     detail: str = ""
     grant: GrantView | None = None
     reasons: tuple[str, ...] = field(default=())
+    # an allowed session's end: the grant window's, or the current occurrence's
+    window_end: datetime | None = None
 
     @classmethod
     def deny(cls, reason: Reason, detail: str = "") -> Decision:
@@ -86,8 +106,11 @@ def decide_target(
     """May the vendor (whose grants these are) use ``service`` on ``device`` at ``now``?
 
     Allows only through a grant that names the device and the service, is not revoked,
-    and whose window ``[start, end)`` contains ``now``. Otherwise the denial names the
-    most specific reason, so the vendor learns why (window not started, ended, ...).
+    and whose window ``[start, end)`` contains ``now`` (for a recurring grant: inside an
+    occurrence too). The allowed session's ``window_end`` is where it must close: the
+    grant window's end, or the current occurrence's. Otherwise the denial names the most
+    specific reason, so the vendor learns why (window not started, between occurrences,
+    ended, ...).
     """
     if not device_known:
         return Decision.deny(Reason.DEVICE_UNKNOWN, device)
@@ -97,21 +120,50 @@ def decide_target(
     with_service = [g for g in for_device if service in g.services]
     if not with_service:
         return Decision.deny(Reason.SERVICE_NOT_GRANTED, f"{service} on {device}")
-    live = [g for g in with_service if g.live_at(now)]
-    if live:
-        grant = max(live, key=lambda g: g.window_end)
+    open_now = [(g, w) for g in with_service if (w := g.window_at(now)) is not None]
+    if open_now:  # the grant that lets the session run longest
+        grant, window = max(open_now, key=lambda gw: gw[1][1])
         return Decision(
             True,
             Reason.ALLOWED,
             grant=grant,
             reasons=(f"grant {grant.id} ({grant.ticket_ref}) covers {service} on {device}",),
+            window_end=window[1],
         )
-    unrevoked = [g for g in with_service if g.revoked_at is None]
-    upcoming = sorted((g for g in unrevoked if now < g.window_start), key=_start)
-    if upcoming:
+    return _closed(device, with_service, now)
+
+
+def _closed(device: str, grants: Sequence[GrantView], now: datetime) -> Decision:
+    """Why none of these grants (for the device and service) is open now.
+
+    The soonest reopening wins, so the vendor learns when to come back; a recurring
+    grant between occurrences names the next one and the weekly window.
+    """
+    unrevoked = [g for g in grants if g.revoked_at is None]
+    openings = [(at, g) for g in unrevoked if (at := g.next_opening(now)) is not None]
+    if openings:
+        at, grant = min(openings, key=lambda pair: pair[0])
+        weekly = f", recurring {grant.recurrence.describe()}" if grant.recurrence else ""
+        if now < grant.window_start:
+            return Decision.deny(
+                Reason.WINDOW_NOT_STARTED, f"window starts {at:%Y-%m-%d %H:%M} UTC{weekly}"
+            )
+        # inside its window yet not open: a recurring grant between occurrences
         return Decision.deny(
-            Reason.WINDOW_NOT_STARTED,
-            f"window starts {upcoming[0].window_start:%Y-%m-%d %H:%M} UTC",
+            Reason.OUTSIDE_RECURRING_WINDOW,
+            f"next occurrence starts {at:%Y-%m-%d %H:%M} UTC{weekly}",
+        )
+    spent = [
+        (g, g.recurrence)
+        for g in unrevoked
+        if g.recurrence is not None and g.window_start <= now < g.window_end
+    ]
+    if spent:  # the window still runs, but its last occurrence is over
+        last, weekly_window = max(spent, key=lambda pair: pair[0].window_end)
+        return Decision.deny(
+            Reason.OUTSIDE_RECURRING_WINDOW,
+            f"no further occurrence of {weekly_window.describe()} before the window ends "
+            f"{last.window_end:%Y-%m-%d %H:%M} UTC",
         )
     if unrevoked:
         last = max(unrevoked, key=lambda g: g.window_end)
@@ -122,9 +174,6 @@ def decide_target(
 
 
 def live_grants(grants: Sequence[GrantView], now: datetime) -> list[GrantView]:
-    """The grants a vendor may use now, soonest-ending first."""
-    return sorted((g for g in grants if g.live_at(now)), key=lambda g: g.window_end)
-
-
-def _start(grant: GrantView) -> datetime:
-    return grant.window_start
+    """The grants a vendor may use now, soonest-ending first (by the current occurrence)."""
+    open_now = [(w[1], g) for g in grants if (w := g.window_at(now)) is not None]
+    return [g for _, g in sorted(open_now, key=lambda pair: pair[0])]

@@ -12,6 +12,7 @@ from sqlalchemy.orm import selectinload
 from policy import totp
 from policy.decide import GrantView, UserView
 from policy.models import Device, Grant, MfaFailure, VendorUser
+from policy.windows import Weekly
 
 
 async def vendor_user(db: AsyncSession, login: str) -> VendorUser | None:
@@ -57,6 +58,8 @@ def grant_view(grant: Grant) -> GrantView:
         transfers=grant.transfers,
         idle_timeout=grant.idle_timeout,
         max_session=grant.max_session,
+        # a stored window that no longer parses raises: no guessing at when access is open
+        recurrence=Weekly.parse(grant.recurrence) if grant.recurrence is not None else None,
     )
 
 

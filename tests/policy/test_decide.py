@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 import pytest
 from hypothesis import given
@@ -18,6 +18,7 @@ from policy.decide import (
     decide_target,
     live_grants,
 )
+from policy.windows import Weekly
 
 NOW = datetime(2025, 3, 14, 9, 30, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -32,6 +33,7 @@ def grant(
     end: datetime = NOW + HOUR,
     revoked_at: datetime | None = None,
     ticket: str | None = None,
+    recurrence: Weekly | None = None,
 ) -> GrantView:
     return GrantView(
         id=id,
@@ -41,6 +43,7 @@ def grant(
         window_start=start,
         window_end=end,
         revoked_at=revoked_at,
+        recurrence=recurrence,
     )
 
 
@@ -259,6 +262,80 @@ def test_denials_carry_a_reason_line() -> None:
     assert d.reasons and d.reasons[0].startswith(str(Reason.NO_GRANT))
 
 
+def test_target_plain_grant_session_ends_with_the_window() -> None:
+    g = grant(end=NOW + 3 * HOUR)
+    assert target([g]).window_end == NOW + 3 * HOUR
+
+
+# --- decide_target with recurring windows -----------------------------------------------
+# NOW is Friday 2025-03-14 09:30 UTC, 10:30 in Berlin (CET, UTC+1).
+
+MONTH = (NOW - timedelta(days=1), NOW + timedelta(days=30))
+MORNINGS = Weekly.from_form(["mon", "tue", "wed", "thu", "fri"], "10:00", "12:00", "Europe/Berlin")
+NIGHTS = Weekly.from_form(["mon", "tue", "wed", "thu", "fri"], "22:00", "02:00", "Europe/Berlin")
+
+
+def test_target_recurring_inside_an_occurrence_allows_until_its_end() -> None:
+    g = grant(start=MONTH[0], end=MONTH[1], recurrence=MORNINGS)
+    d = target([g])
+    assert d.allow and d.grant == g
+    assert d.window_end == datetime(2025, 3, 14, 11, 0, tzinfo=UTC)  # 12:00 CET
+
+
+def test_target_recurring_occurrence_is_clipped_to_the_grant_window() -> None:
+    d = target([grant(start=MONTH[0], end=NOW + HOUR / 2, recurrence=MORNINGS)])
+    assert d.allow and d.window_end == NOW + HOUR / 2
+
+
+def test_target_recurring_between_occurrences_names_the_next_one() -> None:
+    d = target([grant(start=MONTH[0], end=MONTH[1], recurrence=NIGHTS)])
+    assert (d.allow, d.reason) == (False, Reason.OUTSIDE_RECURRING_WINDOW)
+    assert "next occurrence starts 2025-03-14 21:00 UTC" in d.detail
+    assert "Mon-Fri 22:00-02:00 Europe/Berlin" in d.detail
+    assert d.grant is None and d.window_end is None
+
+
+def test_target_recurring_not_started_names_the_first_occurrence() -> None:
+    sunday = datetime(2025, 3, 16, tzinfo=UTC)
+    d = target([grant(start=sunday, end=sunday + timedelta(days=7), recurrence=NIGHTS)])
+    assert d.reason is Reason.WINDOW_NOT_STARTED
+    assert "window starts 2025-03-17 21:00 UTC" in d.detail  # Monday 22:00 CET
+    assert "Mon-Fri 22:00-02:00" in d.detail
+
+
+def test_target_recurring_with_no_occurrence_left_says_so() -> None:
+    mondays = Weekly.from_form(["mon"], "22:00", "23:00", "Europe/Berlin")
+    g = grant(start=MONTH[0], end=NOW + 2 * HOUR, recurrence=mondays)
+    d = target([g])
+    assert d.reason is Reason.OUTSIDE_RECURRING_WINDOW
+    assert "no further occurrence of Mon 22:00-23:00 Europe/Berlin" in d.detail
+    assert "2025-03-14 11:30 UTC" in d.detail
+
+
+def test_target_recurring_soonest_reopening_wins() -> None:
+    nightly = grant(1, start=MONTH[0], end=MONTH[1], recurrence=NIGHTS)  # reopens 21:00 UTC
+    tomorrow = grant(2, start=NOW + 20 * HOUR, end=NOW + 22 * HOUR)
+    assert target([tomorrow, nightly]).reason is Reason.OUTSIDE_RECURRING_WINDOW
+    in_an_hour = grant(3, start=NOW + HOUR, end=NOW + 2 * HOUR)
+    d = target([nightly, in_an_hour])
+    assert d.reason is Reason.WINDOW_NOT_STARTED and "2025-03-14 10:30" in d.detail
+
+
+def test_target_recurring_and_plain_the_longer_session_wins() -> None:
+    plain = grant(1, end=NOW + HOUR)
+    mornings = grant(2, start=MONTH[0], end=MONTH[1], recurrence=MORNINGS)  # until 11:00
+    d = target([plain, mornings])
+    assert d.grant == mornings and d.window_end == NOW + 1.5 * HOUR
+    longer = grant(3, end=NOW + 2 * HOUR)
+    d = target([plain, mornings, longer])
+    assert d.grant == longer and d.window_end == NOW + 2 * HOUR
+
+
+def test_target_revoked_recurring_grant_reports_revoked() -> None:
+    g = grant(start=MONTH[0], end=MONTH[1], recurrence=NIGHTS, revoked_at=NOW - HOUR)
+    assert target([g]).reason is Reason.GRANT_REVOKED
+
+
 # --- live_grants ------------------------------------------------------------------------
 
 
@@ -278,6 +355,13 @@ def test_live_grants_empty() -> None:
     assert live_grants([], NOW) == []
 
 
+def test_live_grants_sorted_by_the_current_occurrence_end() -> None:
+    plain = grant(1, end=NOW + 2 * HOUR)
+    mornings = grant(2, start=MONTH[0], end=MONTH[1], recurrence=MORNINGS)  # until 11:00
+    nights = grant(3, start=MONTH[0], end=MONTH[1], recurrence=NIGHTS)  # not open now
+    assert live_grants([plain, nights, mornings], NOW) == [mornings, plain]
+
+
 # --- properties -------------------------------------------------------------------------
 
 DEVICES = ["pump-12", "pump-13", "mri-1"]
@@ -285,6 +369,24 @@ SERVICES = ["ssh", "sftp", "https"]
 BASE = datetime(2025, 1, 1, tzinfo=UTC)
 # Small offsets (minutes) so boundaries coincide with ``now`` often.
 minutes = st.integers(min_value=-10, max_value=10)
+
+
+def near_midnight(minute: int) -> time:
+    return time(minute % 1440 // 60, minute % 60)
+
+
+# UTC weekly windows starting and ending within minutes of BASE's midnight, so that
+# occurrence boundaries, window boundaries and ``now`` collide often
+recurrences = st.one_of(
+    st.none(),
+    st.builds(
+        Weekly,
+        st.frozensets(st.integers(0, 6), min_size=1),
+        minutes.map(near_midnight),
+        minutes.map(near_midnight),
+        st.just("UTC"),
+    ),
+)
 
 
 @st.composite
@@ -300,16 +402,34 @@ def grant_views(draw: st.DrawFn) -> GrantView:
         window_start=BASE + timedelta(minutes=start),
         window_end=BASE + timedelta(minutes=start + length),
         revoked_at=None if revoked is None else BASE + timedelta(minutes=revoked),
+        recurrence=draw(recurrences),
     )
+
+
+def open_until(g: GrantView, now: datetime) -> datetime | None:
+    """An oracle for UTC windows, written out longhand: where a session at ``now`` ends."""
+    if g.revoked_at is not None or not g.window_start <= now < g.window_end:
+        return None
+    rule = g.recurrence
+    if rule is None:
+        return g.window_end
+    length = timedelta(
+        minutes=(rule.end.hour * 60 + rule.end.minute - rule.start.hour * 60 - rule.start.minute)
+        % 1440
+        or 1440
+    )
+    for day in (now.date() - timedelta(days=1), now.date()):
+        begin = datetime.combine(day, rule.start, UTC)
+        if day.weekday() in rule.days and begin <= now < begin + length:
+            end = begin + length
+            while end < g.window_end and end.weekday() in rule.days and end.time() == rule.start:
+                end += length  # whole days back to back
+            return min(end, g.window_end)
+    return None
 
 
 def usable(g: GrantView, device: str, service: str, now: datetime) -> bool:
-    return (
-        device in g.devices
-        and service in g.services
-        and g.revoked_at is None
-        and g.window_start <= now < g.window_end
-    )
+    return device in g.devices and service in g.services and open_until(g, now) is not None
 
 
 @given(
@@ -329,7 +449,9 @@ def test_property_allow_iff_some_grant_covers_now(
         assert decision.reason is Reason.ALLOWED
         assert decision.grant is not None
         assert usable(decision.grant, device, service, now)
-        assert decision.grant.window_end == max(g.window_end for g in covering)
+        ends = [open_until(g, now) for g in covering]
+        assert decision.window_end == max(e for e in ends if e is not None)
+        assert now < decision.window_end <= decision.grant.window_end
     else:
         assert decision.reason is not Reason.ALLOWED
         assert decision.grant is None
@@ -354,7 +476,7 @@ def test_property_live_grants_are_exactly_the_live_ones(
 ) -> None:
     now = BASE + timedelta(minutes=offset)
     result = live_grants(grants, now)
-    expected = [g for g in grants if g.revoked_at is None and g.window_start <= now < g.window_end]
+    expected = [g for g in grants if open_until(g, now) is not None]
     assert Counter(result) == Counter(expected)
-    ends = [g.window_end for g in result]
-    assert ends == sorted(ends)
+    ends = [open_until(g, now) for g in result]
+    assert ends == sorted(ends)  # type: ignore[type-var]

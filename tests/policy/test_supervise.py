@@ -110,3 +110,41 @@ def test_limits_from_settings() -> None:
         limits_from(("15m",), 1800, 3600)
     with pytest.raises(ConfigError, match="positive"):
         limits_from(("0",), 1800, 3600)
+
+
+def test_each_occurrence_of_a_recurring_grant_is_warned_and_closed_like_a_window() -> None:
+    """Drive a session minute by minute: the grant runs a month, the occurrence two hours."""
+    from policy.decide import GrantView, decide_target
+    from policy.windows import Weekly
+
+    mornings = Weekly.from_form(["mon"], "08:00", "10:00", "Europe/Berlin")  # 07:00-09:00 UTC
+    monday = datetime(2026, 11, 23, 7, 30, tzinfo=UTC)
+    grant = GrantView(
+        1, "CHG1", frozenset({"pump-12"}), frozenset({"ssh"}),
+        monday - timedelta(days=7), monday + timedelta(days=21), recurrence=mornings,
+    )  # fmt: skip
+    decision = decide_target("pump-12", True, "ssh", [grant], monday)
+    assert decision.allow and decision.window_end == datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    warned: set[int] = set()
+    events: list[tuple[datetime, str]] = []
+    now = monday
+    while True:
+        action = next_action(
+            LiveFacts(now, monday, now, decision.window_end, warned=frozenset(warned)),
+            Limits(idle_timeout=None, max_session=None),
+        )
+        if action.warned:
+            warned.update(action.warned)
+            events.append((now, action.message))
+        if action.end_reason is not None:
+            events.append((now, action.end_reason))
+            break
+        now += timedelta(seconds=30)
+    at = [t.strftime("%H:%M:%S") for t, _ in events]
+    assert at == ["08:45:00", "08:55:00", "08:59:00", "09:00:00"]
+    assert "ends in 15 min (at 09:00 UTC)" in events[0][1]
+    assert events[-1][1] == "window-ended"
+    # the grant is not over: refused between occurrences, open again next Monday
+    later = decide_target("pump-12", True, "ssh", [grant], events[-1][0])
+    assert not later.allow and "2026-11-30 07:00 UTC" in later.detail
+    assert decide_target("pump-12", True, "ssh", [grant], monday + timedelta(days=7)).allow
