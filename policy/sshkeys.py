@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from policy.errors import InvalidInput
 
 MIN_RSA_BITS = 3072
+MAX_COMMENT = 200  # vendor_key.comment
+MAX_LINE = 16384  # an RSA-16384 key line is about 2,800 characters
 
 
 @dataclass(frozen=True)
@@ -33,12 +35,27 @@ class PublicKey:
 
 
 def parse_public_key(text: str) -> PublicKey:
-    """Parse one OpenSSH public key line; refuse malformed and weak keys with a reason."""
-    parts = text.strip().split(None, 2)
+    """Parse one OpenSSH public key line; refuse malformed and weak keys with a reason.
+
+    Exactly one line: a pasted second key would otherwise end up in the first one's
+    comment, and a comment with control characters would reach pages and logs.
+    """
+    text = text.strip()
+    if len(text) > MAX_LINE:
+        raise InvalidInput("key-invalid", f"the key line is longer than {MAX_LINE} characters")
+    if "\n" in text or "\r" in text:
+        raise InvalidInput("key-invalid", "paste one key, on one line")
+    parts = text.split(None, 2)
     if len(parts) < 2:
         raise InvalidInput("key-invalid", "not an OpenSSH public key line (TYPE BASE64 [COMMENT])")
     algorithm, b64 = parts[0], parts[1]
     comment = parts[2] if len(parts) > 2 else ""
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in comment):
+        raise InvalidInput("key-invalid", "the key comment contains control characters")
+    if len(comment) > MAX_COMMENT:
+        raise InvalidInput(
+            "key-invalid", f"the key comment is longer than {MAX_COMMENT} characters"
+        )
     if algorithm == "ssh-dss":
         raise InvalidInput("key-weak", "DSA keys are not accepted; use ed25519 or RSA >= 3072")
     try:

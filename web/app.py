@@ -1,10 +1,33 @@
-"""The web tier: health and the API description (the portal pages come with the workflow).
+"""The web tier: the portal's pages, the JSON API, health, metrics.
 
 The web process never imports ``broker``; it shares the database with the gateway.
+
+How a page module plugs in (the contract for every module in ``ROUTE_MODULES``):
+
+* It exposes ``setup(app: web.Application) -> None`` that adds its routes
+  (``app.router.add_get("/queue", queue)``) and may document API paths by adding to
+  ``app[OPENAPI]["paths"]`` / ``["components"]["schemas"]``.
+* Every route is private: ``web.auth.auth_middleware`` refuses anonymous requests to any
+  route not in ``web.auth.PUBLIC``. Handlers narrow it with ``@requires("admin")``
+  (``web.auth``); ``principal(request)`` says who is asking, ``actor(request)`` gives the
+  ``policy.actor.Actor`` the workflow functions take, and ``ctx(request)``
+  (``web.context``) the database, settings, vault, audit log, clock and notifier.
+* Pages: ``render(request, "x.html", **values)``, ``flash(request, text, kind)`` and
+  ``redirect(path)`` (``web.render``); forms carry ``{{ csrf_token() }}`` in ``_csrf``.
+  Raise ``policy.errors`` exceptions for refusals (``web.errors`` turns them into 400,
+  403, 404, 409 pages or JSON ``{code, message}`` under ``/api/``) and audit them where
+  decided. JSON API handlers answer ``web.json_response``; errors via ``json_error``.
+* Responses get the security headers (``web.security``); POST/PUT/PATCH/DELETE from a
+  browser need the CSRF token, API calls with a bearer token do not.
+
+Middleware order, outermost first: errors (exceptions to responses), auth (session,
+principal, refusal of anonymous requests), CSRF.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -12,17 +35,30 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from web import auth, onboarding
+from web.context import CTX, WebContext
+from web.errors import errors_middleware
 from web.metrics import add_metrics_route
+from web.render import STATIC, render, setup_templates
+from web.security import add_security_headers, csrf_middleware
 
 SESSIONS: web.AppKey[async_sessionmaker[AsyncSession]] = web.AppKey("sessions")
+OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
 
-OPENAPI: dict[str, Any] = {
+# Each module's setup(app) adds its routes; the order is the order of registration.
+ROUTE_MODULES: Sequence[Callable[[web.Application], None]] = (
+    auth.setup,
+    onboarding.setup,
+)
+
+OPENAPI_BASE: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "sallyport API", "version": "1"},
     "paths": {
         "/api/v1/health": {
             "get": {
                 "summary": "Liveness and database reachability",
+                "security": [],
                 "responses": {
                     "200": {
                         "description": "healthy",
@@ -41,6 +77,13 @@ OPENAPI: dict[str, Any] = {
         }
     },
     "components": {
+        "securitySchemes": {
+            "token": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "an API token (spt_...) made by an administrator",
+            }
+        },
         "schemas": {
             "Health": {
                 "type": "object",
@@ -52,8 +95,9 @@ OPENAPI: dict[str, Any] = {
                 "required": ["code", "message"],
                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
             },
-        }
+        },
     },
+    "security": [{"token": []}],
 }
 
 
@@ -69,22 +113,49 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(OPENAPI)
+    return web.json_response(request.app[OPENAPI])
 
 
-def create_app(sessions: async_sessionmaker[AsyncSession]) -> web.Application:
-    app = web.Application()
+async def home(request: web.Request) -> web.StreamResponse:
+    """The signed-in landing page: who you are and where your work is."""
+    return render(request, "home.html")
+
+
+def _add_probes(app: web.Application, sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Health, the API document and metrics: public, served without a session."""
     app[SESSIONS] = sessions
+    app[OPENAPI] = copy.deepcopy(OPENAPI_BASE)
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/api/v1/openapi.json", openapi)
     add_metrics_route(app)
+    app.on_response_prepare.append(add_security_headers)
+
+
+def create_app(ctx: WebContext | async_sessionmaker[AsyncSession]) -> web.Application:
+    """The whole portal for a ``WebContext``.
+
+    Given only a session factory it serves the probes alone (health, the API document,
+    metrics): what a monitoring-only listener needs, and what older callers pass.
+    """
+    if not isinstance(ctx, WebContext):
+        probes = web.Application()
+        _add_probes(probes, ctx)
+        return probes
+    app = web.Application(middlewares=[errors_middleware, auth.auth_middleware, csrf_middleware])
+    app[CTX] = ctx
+    _add_probes(app, ctx.sessions)
+    setup_templates(app)
+    app.router.add_static("/static", STATIC)
+    app.router.add_get("/", home)
+    for setup in ROUTE_MODULES:
+        setup(app)
     return app
 
 
 async def start_web(
-    sessions: async_sessionmaker[AsyncSession], host: str, port: int
+    ctx: WebContext | async_sessionmaker[AsyncSession], host: str, port: int
 ) -> web.AppRunner:
-    runner = web.AppRunner(create_app(sessions), access_log=None)
+    runner = web.AppRunner(create_app(ctx), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
