@@ -1,4 +1,11 @@
 # sallyport gateway + web in one image. Data (SQLite, keys, recordings) lives in /data.
+
+# The browser player (asciinema-player), from npm at the version web/assets pins.
+FROM node:20-bookworm-slim AS assets
+WORKDIR /assets
+COPY web/assets/package.json web/assets/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -19,6 +26,9 @@ COPY broker ./broker
 COPY policy ./policy
 COPY recorder ./recorder
 COPY web ./web
+COPY --from=assets /assets/node_modules/asciinema-player/dist/bundle/asciinema-player.min.js \
+     /assets/node_modules/asciinema-player/dist/bundle/asciinema-player.css \
+     ./web/assets/node_modules/asciinema-player/dist/bundle/
 COPY migrations ./migrations
 RUN pip install --no-cache-dir .
 
