@@ -19,14 +19,16 @@ from broker import evidence_cli
 from broker import logging as splog
 from broker.ca import load_ca
 from broker.errors import BrokerError
-from broker.gateway import build_context, start_gateway
+from broker.gateway import Gateway, build_context, start_gateway
 from broker.keys import load_host_key
+from broker.tasks import TaskSet
 from policy import admin, migrate, totp
 from policy.config import Settings, load_settings
 from policy.db import create_engine, session_factory
 from policy.errors import InvalidInput, PolicyError
 from policy.keyfiles import load_signing_key, load_vault
 from policy.models import CredentialKind, Criticality
+from policy.notify import Notifier
 from policy.windows import Weekly
 from recorder.audit import AuditLog
 from recorder.errors import RecorderError
@@ -74,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("serve", parents=[common], help="run the SSH gateway and the web server")
+    p.add_argument(
+        "--only",
+        choices=("gateway", "web"),
+        default=None,
+        help="run one of the two (several gateway nodes behind one web node, say)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", parents=[common], help="run a demo hospital on SQLite")
@@ -242,7 +250,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     splog.configure(settings.log_format, settings.log_level)
     prepare(settings)
-    run_loop(serve(settings))
+    run_loop(serve(settings, only=args.only))
     return 0
 
 
@@ -256,11 +264,17 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-async def serve(settings: Settings, ready: Callable[[int, int], None] | None = None) -> None:
-    """Run gateway and web until SIGINT/SIGTERM."""
-    ctx = build_context(settings)
-    gateway = await start_gateway(ctx)
-    try:
+async def serve(
+    settings: Settings,
+    ready: Callable[[int, int], None] | None = None,
+    only: str | None = None,
+) -> None:
+    """Run gateway and web (or ``only`` one of them) until SIGINT/SIGTERM."""
+    gateway: Gateway | None = None
+    web_only: WebOnly | None = None
+    if only != "web":
+        ctx = build_context(settings)
+        gateway = await start_gateway(ctx)
         web_ctx = WebContext(
             sessions=ctx.sessions,
             settings=settings,
@@ -269,9 +283,15 @@ async def serve(settings: Settings, ready: Callable[[int, int], None] | None = N
             clock=ctx.clock,
             notifier=ctx.notifier,
         )
-        runner = await start_web(web_ctx, settings.web_host, settings.web_port)
+    else:
+        web_only = WebOnly(settings)
+        web_ctx = web_only.context
+    runner = None
+    try:
+        if only != "gateway":
+            runner = await start_web(web_ctx, settings.web_host, settings.web_port)
     except OSError as exc:
-        await gateway.close()
+        await _close(gateway, web_only)
         raise BrokerError(
             "listen-failed",
             f"cannot listen on {settings.web_host}:{settings.web_port}: {exc.strerror or exc}",
@@ -281,12 +301,47 @@ async def serve(settings: Settings, ready: Callable[[int, int], None] | None = N
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if ready is not None:
-        ready(gateway.port, settings.web_port)
+        ready(gateway.port if gateway else 0, settings.web_port if runner else 0)
     try:
         await stop.wait()
     finally:
-        await runner.cleanup()
+        if runner is not None:
+            await runner.cleanup()
+        await _close(gateway, web_only)
+
+
+class WebOnly:
+    """What a web node runs without a gateway: its database pool, audit log (with the
+    spool upkeep and checkpoints) and notifier."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.engine = create_engine(settings.database_url)
+        sessions = session_factory(self.engine)
+        audit = AuditLog.from_settings(sessions, settings)
+        notifier = Notifier.from_settings(settings, audit)
+        notifier.start()
+        self.tasks = TaskSet()
+        self.tasks.spawn(audit.run_checkpoints(), name="checkpoints")
+        self.context = WebContext(
+            sessions=sessions,
+            settings=settings,
+            vault=load_vault(settings.vault_key_path),
+            audit=audit,
+            notifier=notifier,
+        )
+
+    async def close(self) -> None:
+        if self.context.notifier is not None:
+            await self.context.notifier.close()
+        await self.tasks.cancel_all()
+        await self.engine.dispose()
+
+
+async def _close(gateway: Gateway | None, web_only: WebOnly | None) -> None:
+    if gateway is not None:
         await gateway.close()
+    if web_only is not None:
+        await web_only.close()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """Scale out: two gateway processes and a web process on PostgreSQL and S3 storage.
 
-Three ``sallyport serve`` processes share one PostgreSQL database, one SeaweedFS bucket
-and one set of key files, and nothing else. Vendors log in with the real OpenSSH client
+Three ``sallyport serve`` processes (gateways node-a and node-b, and web-1 started with
+``--only web``) share one PostgreSQL database, one SeaweedFS bucket and one set of key
+files, and nothing else. Vendors log in with the real OpenSSH client
 (key + TOTP); every login is a vendor user of its own, so no TOTP step is used twice.
 A revocation or kill written by another process (the CLI) must end a session that lives
 on gateway B, which learns of it by LISTEN/NOTIFY. This runs on PostgreSQL whatever
@@ -188,7 +189,7 @@ def cluster(
     asyncio.run(seed_inventory(base, device))
     names = ("node-a", "node-b", "web-1")
     nodes = [replace(base, node_name=name) for name in names]
-    with running_nodes(work / "nodes", nodes, S3_ENV) as (a, b, web):
+    with running_nodes(work / "nodes", nodes, S3_ENV, only={"web-1": "web"}) as (a, b, web):
         yield Cluster(a, b, web, bucket)
 
 
@@ -457,6 +458,6 @@ async def test_kill_closes_a_live_session_on_the_other_gateway(
 def test_the_web_node_reports_health_on_the_shared_database(cluster: Cluster) -> None:
     status, body = cluster.web.health()
     assert (status, body) == (200, {"status": "ok", "database": "ok"})
-    assert cluster.web.metric("sallyport_sessions_live") == 0  # its gateway is not used
+    assert cluster.web.metric("sallyport_sessions_live") == 0  # a web node runs no gateway
     for node in cluster.gateways:
         assert node.health()[0] == 200

@@ -72,6 +72,7 @@ class Node:
     config: Path
     log: Path
     process: subprocess.Popen[bytes]
+    only: str | None = None  # "gateway" or "web" (``serve --only``); None runs both
 
     @property
     def name(self) -> str:
@@ -160,6 +161,7 @@ def start_node(
     settings: Settings,
     env: Mapping[str, str] | None = None,
     timeout: float = START_TIMEOUT,
+    only: str | None = None,
 ) -> Node:
     """Start ``sallyport serve`` for ``settings`` (its node_name names the files) on free
     loopback ports; return once it serves both SSH and HTTP.
@@ -169,23 +171,28 @@ def start_node(
     """
     workdir.mkdir(parents=True, exist_ok=True)
     for _attempt in range(BIND_ATTEMPTS):
-        node = _spawn(workdir, settings, env)
+        node = _spawn(workdir, settings, env, only)
         if _wait_ready(node, timeout):
             return node
     raise NodeError(f"{settings.node_name}: no free ports after {BIND_ATTEMPTS} attempts")
 
 
 def start_nodes(
-    workdir: Path, settings: Sequence[Settings], env: Mapping[str, str] | None = None
+    workdir: Path,
+    settings: Sequence[Settings],
+    env: Mapping[str, str] | None = None,
+    only: Mapping[str, str] | None = None,
 ) -> list[Node]:
-    """Start several nodes at once (their startups overlap); all or none."""
+    """Start several nodes at once (their startups overlap); all or none. ``only`` maps a
+    node name to "gateway" or "web" for a node that runs just one of them."""
     workdir.mkdir(parents=True, exist_ok=True)
-    spawned = [_spawn(workdir, s, env) for s in settings]
+    roles = dict(only or {})
+    spawned = [_spawn(workdir, s, env, roles.get(s.node_name)) for s in settings]
     nodes: list[Node] = []
     try:
         for node in spawned:
             if not _wait_ready(node, START_TIMEOUT):  # lost a port race: fresh ports
-                node = start_node(workdir, node.settings, env)
+                node = start_node(workdir, node.settings, env, only=node.only)
             nodes.append(node)
     except BaseException:
         for node in spawned + nodes:
@@ -197,9 +204,12 @@ def start_nodes(
 
 @contextlib.contextmanager
 def running_nodes(
-    workdir: Path, settings: Sequence[Settings], env: Mapping[str, str] | None = None
+    workdir: Path,
+    settings: Sequence[Settings],
+    env: Mapping[str, str] | None = None,
+    only: Mapping[str, str] | None = None,
 ) -> Iterator[list[Node]]:
-    nodes = start_nodes(workdir, settings, env)
+    nodes = start_nodes(workdir, settings, env, only)
     try:
         yield nodes
     finally:
@@ -210,7 +220,9 @@ def running_nodes(
                 node.stop()
 
 
-def _spawn(workdir: Path, settings: Settings, env: Mapping[str, str] | None) -> Node:
+def _spawn(
+    workdir: Path, settings: Settings, env: Mapping[str, str] | None, only: str | None
+) -> Node:
     chosen = replace(
         settings,
         gateway_host="127.0.0.1",
@@ -223,18 +235,19 @@ def _spawn(workdir: Path, settings: Settings, env: Mapping[str, str] | None) -> 
     log = workdir / f"{chosen.node_name}.log"
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [str(SALLYPORT), "serve", "--config", str(config)],
+            [str(SALLYPORT), "serve", "--config", str(config), *(["--only", only] if only else [])],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             env=node_env(env),
             start_new_session=True,
         )
-    return Node(chosen, config, log, process)
+    return Node(chosen, config, log, process, only)
 
 
 def _wait_ready(node: Node, timeout: float) -> bool:
-    """True once the node serves SSH and HTTP; False if it lost a port race (retry)."""
+    """True once the node serves SSH and HTTP (or the one it runs); False if it lost a
+    port race (retry)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not node.alive():
@@ -242,7 +255,8 @@ def _wait_ready(node: Node, timeout: float) -> bool:
             if "listen-failed" in text:
                 return False
             raise NodeError(f"{node.name} exited with {node.process.returncode}:\n{text}")
-        if _speaks_ssh(node.gateway_port) and _healthy(node):
+        ssh_ok = node.only == "web" or _speaks_ssh(node.gateway_port)
+        if ssh_ok and (node.only == "gateway" or _healthy(node)):
             return True
         time.sleep(0.1)
     node.stop()
