@@ -66,6 +66,7 @@ async def open_session(
         ticket=grant.ticket_ref,
         kind=kind,
         command=command,
+        node=server.ctx.settings.node_name,
     )
     _notify(server, "session.started", session_payload(session, server.user.login, device.name))
     return session.id
@@ -115,7 +116,9 @@ async def close_session(server: VendorServer, session_id: str, end: SessionEnd) 
         detail.update(
             bytes_from_vendor=end.bytes_from_vendor, bytes_from_device=end.bytes_from_device
         )
-    await server._audit("broker:session:end", session_id=session_id, **detail)
+    await server._audit(
+        "broker:session:end", session_id=session_id, node=server.ctx.settings.node_name, **detail
+    )
     if session is not None:
         vendor = server.user.login if server.user is not None else server.login
         device = (session.device_snapshot or {}).get("name") or str(session.device_id)

@@ -240,7 +240,7 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         async with self.ctx.sessions() as db:
             assert self.server.user is not None
             grants = await store.grants_for(db, self.server.user.id)
-        hint = f"ssh -p {self.ctx.settings.gateway_port} {self.server.login}:DEVICE@GATEWAY"
+        hint = f"ssh -p {self.ctx.settings.gateway_public_port} {self.server.login}:DEVICE@GATEWAY"
         self.chan.write(render_grants(grants, self.ctx.now(), self.term is not None, hint))
         self.device_closed(0, None)
 

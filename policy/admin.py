@@ -299,14 +299,16 @@ async def add_staff_user(
     return user, secret
 
 
-async def revoke_grant(db: AsyncSession, grant_id: int, by: str, reason: str) -> Grant:
+async def revoke_grant(
+    db: AsyncSession, grant_id: int, by: str, reason: str, now: datetime | None = None
+) -> Grant:
     """Revoke a grant now; gateways end its live sessions within a second."""
     grant = await db.get(Grant, grant_id)
     if grant is None:
         raise NotFound("grant-unknown", f"grant {grant_id} does not exist")
     if grant.revoked_at is not None:
         raise InvalidInput("grant-revoked", f"grant {grant_id} was already revoked")
-    grant.revoked_at, grant.revoked_by, grant.revoke_reason = utcnow(), by, reason
+    grant.revoked_at, grant.revoked_by, grant.revoke_reason = now or utcnow(), by, reason
     await notify_supervisors(db, f"grant:{grant_id}")  # delivered at commit
     await db.commit()
     return grant

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class PolicyError(Exception):
     """Base class: ``code`` is stable and machine-readable, the message is for people."""
@@ -25,4 +27,16 @@ class NotFound(PolicyError):
 
 
 class InvalidInput(PolicyError):
-    pass
+    """Bad input; ``errors`` optionally lists (line, message) pairs, e.g. for a CSV file."""
+
+    def __init__(self, code: str, message: str, errors: Sequence[tuple[int, str]] = ()) -> None:
+        super().__init__(code, message)
+        self.errors = list(errors)
+
+
+class Forbidden(PolicyError):
+    """The actor may not do this (wrong role, not their request, self-approval, ...)."""
+
+
+class Conflict(PolicyError):
+    """The thing is in the wrong state for this (already decided, already used, taken)."""
