@@ -124,6 +124,11 @@ class Storage(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def recover(self, key: str) -> StoredObject | None:
+        """Make what a crashed writer left of ``key`` readable, if the backend needs to
+        (S3: complete its multipart upload); None when there is nothing to do."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -150,6 +155,10 @@ class LocalStorage:
             return self.path(key).read_bytes()
         except OSError as exc:
             raise StorageError("recording-missing", f"cannot read {key}: {exc}") from exc
+
+    def recover(self, key: str) -> StoredObject | None:
+        """A crashed writer's file is already in place (written through): nothing to do."""
+        return None
 
     def delete(self, key: str) -> None:
         """Remove a recording (retention); a file already gone is not an error."""

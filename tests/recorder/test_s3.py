@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from botocore.exceptions import ClientError
 
 from recorder.channel import AsciicastRecording, StreamRecording
 from recorder.errors import StorageError
 from recorder.readers import parse
 from recorder.s3 import MIN_PART, S3Storage
-from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed, run_seaweed, weed_binary
+from tests.support.seaweed import Seaweed, ready_bucket, run_seaweed, s3_storage, weed_binary
 
 pytestmark = [
     pytest.mark.integration,
@@ -29,41 +27,21 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
         yield server
 
 
-def open_storage(seaweed: Seaweed, bucket: str, prefix: str) -> S3Storage:
-    return S3Storage(
-        bucket,
-        endpoint_url=seaweed.endpoint,
-        prefix=prefix,
-        part_size=MIN_PART,
-        access_key=ACCESS_KEY,
-        secret_key=SECRET_KEY,
-    )
-
-
 @pytest.fixture(scope="module")
 def bucket(seaweed: Seaweed) -> str:
     """One bucket for the module (each SeaweedFS bucket takes volumes of its own)."""
     name = f"rec-{uuid.uuid4().hex[:12]}"
-    store = open_storage(seaweed, name, "probe/")
+    store = s3_storage(seaweed, name, "probe/")
     try:
-        deadline = time.monotonic() + 60
-        while True:  # the volume server registers with the master a moment after start
-            try:
-                store.ensure_bucket()
-                store.create("probe").close()
-                store.read("probe")
-                return name
-            except (ClientError, StorageError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        ready_bucket(store)
+        return name
     finally:
         store.close()
 
 
 @pytest.fixture
 def storage(seaweed: Seaweed, bucket: str) -> Iterator[S3Storage]:
-    store = open_storage(seaweed, bucket, f"t-{uuid.uuid4().hex[:8]}/")
+    store = s3_storage(seaweed, bucket, f"t-{uuid.uuid4().hex[:8]}/")
     yield store
     store.close()
 

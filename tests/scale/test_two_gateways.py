@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -21,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from botocore.exceptions import ClientError
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -41,13 +39,20 @@ from policy.models import (
     VendorUser,
 )
 from policy.vault import Vault
-from recorder.errors import StorageError
 from recorder.readers import parse
-from recorder.s3 import MIN_PART, S3Storage
+from recorder.s3 import S3Storage
 from tests.conftest import PG_SERVER
 from tests.support.nodes import LiveSsh, Node, SshOutcome, running_nodes, sallyport_cli
 from tests.support.openssh import ClientIdentity, make_identity, run_ssh
-from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed, run_seaweed, weed_binary
+from tests.support.seaweed import (
+    ACCESS_KEY,
+    SECRET_KEY,
+    Seaweed,
+    ready_bucket,
+    run_seaweed,
+    s3_storage,
+    weed_binary,
+)
 from tests.support.sshd import SshdDevice, run_sshd
 
 pytestmark = [
@@ -83,26 +88,9 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
 @pytest.fixture(scope="module")
 def bucket(seaweed: Seaweed) -> Iterator[S3Storage]:
     """A fresh bucket, and a client on it (with the nodes' prefix) to read recordings back."""
-    store = S3Storage(
-        f"scale-{uuid.uuid4().hex[:12]}",
-        endpoint_url=seaweed.endpoint,
-        prefix=PREFIX,
-        part_size=MIN_PART,
-        access_key=ACCESS_KEY,
-        secret_key=SECRET_KEY,
-    )
+    store = s3_storage(seaweed, f"scale-{uuid.uuid4().hex[:12]}", PREFIX)
     try:
-        deadline = time.monotonic() + 60
-        while True:  # the volume server registers with the master a moment after start
-            try:
-                store.ensure_bucket()
-                store.create("probe").close()
-                store.read("probe")
-                break
-            except (ClientError, StorageError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        ready_bucket(store)
         yield store
     finally:
         store.close()

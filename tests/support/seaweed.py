@@ -21,6 +21,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from botocore.exceptions import ClientError
+
+from recorder.errors import StorageError
+from recorder.s3 import MIN_PART, S3Storage
+
 ACCESS_KEY = "sallyport-test"
 SECRET_KEY = "sallyport-test-secret"
 
@@ -110,3 +115,31 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def s3_storage(server: Seaweed, bucket: str, prefix: str = "") -> S3Storage:
+    """A client on ``bucket`` with the test credentials and the smallest part size."""
+    return S3Storage(
+        bucket,
+        endpoint_url=server.endpoint,
+        prefix=prefix,
+        part_size=MIN_PART,
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+    )
+
+
+def ready_bucket(store: S3Storage, timeout: float = 60) -> None:
+    """Create the store's bucket and wait until it takes a write and a read (the volume
+    server registers with the master a moment after start)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            store.ensure_bucket()
+            store.create("probe").close()
+            store.read("probe")
+            return
+        except (ClientError, StorageError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
