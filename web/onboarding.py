@@ -138,7 +138,7 @@ async def keys_delete(request: web.Request) -> web.StreamResponse:
     context = ctx(request)
     raw = request.match_info["key_id"]
     async with context.sessions() as db:
-        key = await db.get(VendorKey, int(raw)) if raw.isdigit() else None
+        key = await db.get(VendorKey, int(raw)) if raw.isascii() and raw.isdigit() else None
         if key is None or key.vendor_user_id != who.id:
             await context.audit.record(
                 "web:key:refused", actor=who.name, code="key-unknown", key_id=raw

@@ -65,11 +65,10 @@ NAV: tuple[NavLink, ...] = (
         ("Sessions", "/sessions"),
         ("Live", "/live"),
     ),
+    *_links({"admin", "biomed"}, ("Devices", "/admin/devices"), ("Vendors", "/admin/vendors")),
     *_links(
         {"admin"},
-        ("Devices", "/admin/devices"),
         ("Segments", "/admin/segments"),
-        ("Vendors", "/admin/vendors"),
         ("Staff", "/admin/staff"),
         ("Tokens", "/admin/tokens"),
     ),
