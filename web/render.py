@@ -58,12 +58,9 @@ NAV: tuple[NavLink, ...] = (
         ("How to connect", "/connect"),
         ("SSH keys", "/keys"),
     ),
+    *_links({"biomed", "security"}, ("Queue", "/queue"), ("Grants", "/grants")),
     *_links(
-        {"biomed", "security"},
-        ("Queue", "/queue"),
-        ("Grants", "/grants"),
-        ("Sessions", "/sessions"),
-        ("Live", "/live"),
+        {"security", "admin"}, ("Sessions", "/sessions"), ("Search", "/search"), ("Live", "/live")
     ),
     *_links({"admin", "biomed"}, ("Devices", "/admin/devices"), ("Vendors", "/admin/vendors")),
     *_links(
