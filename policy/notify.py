@@ -43,6 +43,7 @@ log = structlog.get_logger("notify")
 EVENTS = frozenset(
     {
         "request.filed",
+        "request.edited",
         "request.approved",
         "request.denied",
         "request.cancelled",
@@ -530,6 +531,7 @@ class Notifier:
 
 _VERBS = {
     "request.filed": "filed",
+    "request.edited": "edited (earlier approvals no longer count)",
     "request.approved": "approved",
     "request.denied": "denied",
     "request.cancelled": "cancelled",
