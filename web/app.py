@@ -5,8 +5,10 @@ The web process never imports ``broker``; it shares the database with the gatewa
 How a page module plugs in (the contract for every module in ``ROUTE_MODULES``):
 
 * It exposes ``setup(app: web.Application) -> None`` that adds its routes
-  (``app.router.add_get("/queue", queue)``) and may document API paths by adding to
-  ``app[OPENAPI]["paths"]`` / ``["components"]["schemas"]``.
+  (``app.router.add_get("/queue", queue)``). Routes under ``/api/v1`` are declared as
+  ``web.openapi.Operation`` specs and added with ``web.openapi.add_operations``, which
+  documents each one in ``app[OPENAPI]`` as it registers it (tests/web/test_openapi.py
+  checks that the served routes and the document agree).
 * Every route is private: ``web.auth.auth_middleware`` refuses anonymous requests to any
   route not in ``web.auth.PUBLIC``. Handlers narrow it with ``@requires("admin")``
   (``web.auth``); ``principal(request)`` says who is asking, ``actor(request)`` gives the
@@ -16,7 +18,7 @@ How a page module plugs in (the contract for every module in ``ROUTE_MODULES``):
   ``redirect(path)`` (``web.render``); forms carry ``{{ csrf_token() }}`` in ``_csrf``.
   Raise ``policy.errors`` exceptions for refusals (``web.errors`` turns them into 400,
   403, 404, 409 pages or JSON ``{code, message}`` under ``/api/``) and audit them where
-  decided. JSON API handlers answer ``web.json_response``; errors via ``json_error``.
+  decided. API handlers answer ``web.openapi.json_reply``.
 * Responses get the security headers (``web.security``); POST/PUT/PATCH/DELETE from a
   browser need the CSRF token, API calls with a bearer token do not.
 
@@ -26,79 +28,45 @@ principal, refusal of anonymous requests), CSRF.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from web import auth, onboarding
+from web import (
+    admin_import,
+    admin_inventory,
+    admin_people,
+    api,
+    auth,
+    onboarding,
+    queue,
+    requests,
+    review,
+)
 from web.context import CTX, WebContext
 from web.errors import errors_middleware
 from web.metrics import add_metrics_route
+from web.openapi import OPENAPI, base_document
 from web.render import STATIC, render, setup_templates
 from web.security import add_security_headers, csrf_middleware
 
 SESSIONS: web.AppKey[async_sessionmaker[AsyncSession]] = web.AppKey("sessions")
-OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
 
 # Each module's setup(app) adds its routes; the order is the order of registration.
 ROUTE_MODULES: Sequence[Callable[[web.Application], None]] = (
     auth.setup,
     onboarding.setup,
+    admin_inventory.setup,
+    admin_import.setup,
+    admin_people.setup,
+    queue.setup,
+    review.setup,
+    requests.setup,
+    api.setup,
 )
-
-OPENAPI_BASE: dict[str, Any] = {
-    "openapi": "3.0.3",
-    "info": {"title": "sallyport API", "version": "1"},
-    "paths": {
-        "/api/v1/health": {
-            "get": {
-                "summary": "Liveness and database reachability",
-                "security": [],
-                "responses": {
-                    "200": {
-                        "description": "healthy",
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Health"}}
-                        },
-                    },
-                    "503": {
-                        "description": "database unreachable",
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-                        },
-                    },
-                },
-            }
-        }
-    },
-    "components": {
-        "securitySchemes": {
-            "token": {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "an API token (spt_...) made by an administrator",
-            }
-        },
-        "schemas": {
-            "Health": {
-                "type": "object",
-                "required": ["status", "database"],
-                "properties": {"status": {"type": "string"}, "database": {"type": "string"}},
-            },
-            "Error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-            },
-        },
-    },
-    "security": [{"token": []}],
-}
 
 
 async def health(request: web.Request) -> web.Response:
@@ -124,7 +92,7 @@ async def home(request: web.Request) -> web.StreamResponse:
 def _add_probes(app: web.Application, sessions: async_sessionmaker[AsyncSession]) -> None:
     """Health, the API document and metrics: public, served without a session."""
     app[SESSIONS] = sessions
-    app[OPENAPI] = copy.deepcopy(OPENAPI_BASE)
+    app[OPENAPI] = base_document()
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/api/v1/openapi.json", openapi)
     add_metrics_route(app)
@@ -141,7 +109,10 @@ def create_app(ctx: WebContext | async_sessionmaker[AsyncSession]) -> web.Applic
         probes = web.Application()
         _add_probes(probes, ctx)
         return probes
-    app = web.Application(middlewares=[errors_middleware, auth.auth_middleware, csrf_middleware])
+    app = web.Application(
+        middlewares=[errors_middleware, auth.auth_middleware, csrf_middleware],
+        client_max_size=16 * 1024**2,  # a CMMS export of tens of thousands of devices
+    )
     app[CTX] = ctx
     _add_probes(app, ctx.sessions)
     setup_templates(app)

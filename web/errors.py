@@ -112,7 +112,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
                 if exc.status == 404
                 else f"{request.method} is not allowed on {request.path}"
             )
-            return error_response(request, exc.status, code, message)
+            response = error_response(request, exc.status, code, message)
+            if "Allow" in exc.headers:  # RFC 9110: a 405 names the methods that work
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
         if exc.status == 413:
             return error_response(request, 413, "too-large", "the request body is too large")
         raise

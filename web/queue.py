@@ -44,7 +44,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from policy import workflow
+from policy import requests_view, workflow
 from policy.actor import Actor, record_refusal
 from policy.approval import APPROVER_ROLES, TWO_PERSON
 from policy.errors import Conflict, InvalidInput, PolicyError
@@ -248,7 +248,7 @@ async def _refuse(
 @requires(*VIEWERS)
 async def queue_get(request: web.Request) -> web.StreamResponse:
     async with ctx(request).sessions() as db:
-        pending = await workflow.pending_requests(db)
+        pending = await requests_view.pending_requests(db)
     return render(request, "queue/queue.html", pending=pending, **TEMPLATE_HELPERS)
 
 
@@ -262,7 +262,7 @@ async def _review_page(
     status: int = 200,
 ) -> web.Response:
     async with ctx(request).sessions() as db:
-        detail = await workflow.request_detail(db, request_id)
+        detail = await requests_view.request_detail(db, request_id)
     req = detail.request
     zone = _default_zone(req)
     roles = _approver_roles(request)
@@ -445,7 +445,7 @@ async def _grants_page(
     context = ctx(request)
     now = context.clock()
     async with context.sessions() as db:
-        grants = await workflow.active_grants(db, now)
+        grants = await requests_view.active_grants(db, now)
     return render(
         request,
         "queue/grants.html",

@@ -44,7 +44,7 @@ from multidict import MultiMapping
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from policy import workflow
+from policy import requests_view, workflow
 from policy.errors import Conflict, Forbidden, InvalidInput, NotFound, PolicyError
 from policy.models import AccessRequest, Device, DeviceService, Grant, RequestStatus, VendorUser
 from policy.notify import request_payload
@@ -248,9 +248,9 @@ class Picker:
 
 
 async def _picker(db: AsyncSession, vendor_user_id: int, form: RequestForm) -> Picker:
-    serviced = await workflow.devices_for_vendor_user(db, vendor_user_id)
+    serviced = await requests_view.devices_for_vendor_user(db, vendor_user_id)
     if form.q:
-        found = await workflow.devices_for_vendor_user(
+        found = await requests_view.devices_for_vendor_user(
             db, vendor_user_id, form.q, limit=PICKER_LIMIT + 1
         )
     else:
@@ -266,7 +266,7 @@ async def _form_page(
     request: web.Request,
     form: RequestForm,
     *,
-    editing: workflow.RequestDetail | None = None,
+    editing: requests_view.RequestDetail | None = None,
     error: PolicyError | None = None,
     status: int = 200,
 ) -> web.Response:
@@ -314,11 +314,13 @@ def _unknown(request_id: int) -> NotFound:
     return NotFound("request-unknown", f"request {request_id} does not exist")
 
 
-async def _detail(request: web.Request, request_id: int, action: str) -> workflow.RequestDetail:
+async def _detail(
+    request: web.Request, request_id: int, action: str
+) -> requests_view.RequestDetail:
     """The request if it is this vendor user's; any other is not found (and audited)."""
     try:
         async with ctx(request).sessions() as db:
-            return await workflow.request_detail(db, request_id, viewer=actor(request))
+            return await requests_view.request_detail(db, request_id, viewer=actor(request))
     except NotFound as exc:
         await _refused(request, exc, action, request_id=request_id)
         raise
@@ -344,7 +346,7 @@ def _is_search(data: MultiMapping[Any]) -> bool:
 @requires("vendor")
 async def list_get(request: web.Request) -> web.StreamResponse:
     async with ctx(request).sessions() as db:
-        summaries = await workflow.requests_for_vendor_user(db, principal(request).id)
+        summaries = await requests_view.requests_for_vendor_user(db, principal(request).id)
     return render(request, "requests/list.html", summaries=summaries, when=when, schedule=schedule)
 
 
@@ -403,7 +405,9 @@ async def detail_get(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def _editable(request: web.Request, request_id: int, action: str) -> workflow.RequestDetail:
+async def _editable(
+    request: web.Request, request_id: int, action: str
+) -> requests_view.RequestDetail:
     detail = await _detail(request, request_id, action)
     if detail.request.status is not RequestStatus.PENDING:
         exc = Conflict(
@@ -671,7 +675,7 @@ async def connect_get(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     now = context.clock()
     async with context.sessions() as db:
-        grants = await workflow.grants_for_vendor_user(db, who.id, now)
+        grants = await requests_view.grants_for_vendor_user(db, who.id, now)
         ports = await _service_ports(db, grants)
     settings = context.settings
     gw = Gateway(settings.gateway_public_host, settings.gateway_public_port, who.login)

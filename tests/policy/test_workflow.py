@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from policy import admin, workflow
+from policy import admin, requests_view, workflow
 from policy.actor import Actor
 from policy.errors import Conflict, Forbidden, InvalidInput, NotFound, PolicyError
 from policy.models import (
@@ -660,12 +660,12 @@ async def test_pending_and_vendor_request_lists(world: World) -> None:
     await world.approve(world.max, approved.id, "biomed")
     await world.approve(world.bea, first.id, "biomed")
     async with world.db() as s:
-        pending = await workflow.pending_requests(s)
+        pending = await requests_view.pending_requests(s)
         assert [p.request.id for p in pending] == [second.id, first.id]
         assert pending[1].vendor_login == "vendor1" and pending[1].vendor_name == "Infusia"
         assert pending[1].required_roles == {"biomed", "security"}
         assert pending[1].missing_roles == {"security"}
-        mine = await workflow.requests_for_vendor_user(s, world.vendor1.id)
+        mine = await requests_view.requests_for_vendor_user(s, world.vendor1.id)
         assert {m.request.id for m in mine} == {first.id, approved.id}
         assert [m.request.status for m in mine if m.request.id == approved.id] == ["approved"]
 
@@ -697,7 +697,7 @@ async def test_request_detail_shows_the_device_context(world: World) -> None:
     req = await world.file(devices=["pump-1", "monitor-2"], window_end=NOW + 12 * HOUR)
     await world.approve(world.bea, req.id, "biomed", override_reason="night shift only")
     async with world.db() as s:
-        detail = await workflow.request_detail(s, req.id)
+        detail = await requests_view.request_detail(s, req.id)
     assert detail.vendor_login == "vendor1" and detail.schedule == "once"
     assert detail.required_roles == {"biomed", "security"} and detail.missing_roles == {"security"}
     assert [a.approver for a in detail.approvals] == ["staff:bea"] and detail.grants == []
@@ -714,11 +714,13 @@ async def test_request_detail_shows_the_device_context(world: World) -> None:
     assert pump_ctx.past_sessions[0].end_reason == "window-ended"
     async with world.db() as s:
         with pytest.raises(NotFound):
-            await workflow.request_detail(s, req.id, viewer=world.vendor2)
-        assert (await workflow.request_detail(s, req.id, viewer=world.vendor1)).request.id == req.id
-        assert (await workflow.request_detail(s, old.id)).grants[0].id == past.grant.id
+            await requests_view.request_detail(s, req.id, viewer=world.vendor2)
+        assert (
+            await requests_view.request_detail(s, req.id, viewer=world.vendor1)
+        ).request.id == req.id
+        assert (await requests_view.request_detail(s, old.id)).grants[0].id == past.grant.id
         with pytest.raises(NotFound):
-            await workflow.request_detail(s, 999)
+            await requests_view.request_detail(s, 999)
 
 
 async def test_grant_lists_and_the_device_picker(world: World) -> None:
@@ -729,18 +731,18 @@ async def test_grant_lists_and_the_device_picker(world: World) -> None:
     assert out.grant is not None and out2.grant is not None
     await world.run(workflow.revoke_grant, world.sol, out2.grant.id, "x", now=NOW)
     async with world.db() as s:
-        active = await workflow.active_grants(s, NOW)
+        active = await requests_view.active_grants(s, NOW)
         assert [g.id for g in active] == [out.grant.id]
         assert active[0].user.login == "vendor1" and active[0].user.vendor.name == "Infusia"
-        assert await workflow.active_grants(s, NOW + 3 * HOUR) == []
-        mine = await workflow.grants_for_vendor_user(s, world.vendor1.id, NOW)
+        assert await requests_view.active_grants(s, NOW + 3 * HOUR) == []
+        mine = await requests_view.grants_for_vendor_user(s, world.vendor1.id, NOW)
         assert [g.id for g in mine] == [out.grant.id]
-        assert await workflow.grants_for_vendor_user(s, world.vendor2.id, NOW) == []
+        assert await requests_view.grants_for_vendor_user(s, world.vendor2.id, NOW) == []
 
         def names(devices: list[Device]) -> list[str]:
             return [d.name for d in devices]
 
-        pick = workflow.devices_for_vendor_user
+        pick = requests_view.devices_for_vendor_user
         assert names(await pick(s, world.vendor1.id)) == ["monitor-2", "pump-1"]
         assert names(await pick(s, world.outsider.id)) == ["vent-3"]
         assert names(await pick(s, world.vendor1.id, "alaris")) == ["pump-1"]
