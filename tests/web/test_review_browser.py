@@ -6,6 +6,7 @@ verifies offline."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -94,8 +95,8 @@ async def test_security_finds_replays_and_exports_a_session_in_a_browser(
         await expect(terminal).to_contain_text(COMMAND, timeout=15000)
         await expect(terminal).to_contain_text(OUTPUT)
         await expect(page.get_by_role("cell", name=COMMAND, exact=True)).to_be_visible()
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        await page.screenshot(path=str(SCREENSHOT), full_page=True)
+        shot = SCREENSHOT if os.environ.get("SALLYPORT_SCREENSHOTS") else tmp_path / SCREENSHOT.name
+        await page.screenshot(path=str(shot), full_page=True)
 
         # opened plainly, the page replays the session from its start on Play
         plain = f"{web_app.url}/sessions/{session.id}"
