@@ -9,7 +9,8 @@ and could write the rows directly anyway.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -104,3 +105,20 @@ async def record_refusal(
     await db.rollback()
     label = actor.label if isinstance(actor, Actor) else actor
     await audit.record(tag, actor=label, code=exc.code, message=exc.message, **detail)
+
+
+@asynccontextmanager
+async def refusals_recorded(
+    db: AsyncSession,
+    audit: AuditSink,
+    actor: Actor | str,
+    tag: str,
+    **detail: Any,
+) -> AsyncIterator[None]:
+    """Wrap the checks of an action: a ``PolicyError`` they raise is recorded as a refusal
+    (``record_refusal``) and goes on to the caller, so no check can forget the audit."""
+    try:
+        yield
+    except PolicyError as exc:
+        await record_refusal(db, audit, actor, tag, exc, **detail)
+        raise

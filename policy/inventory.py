@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from policy import admin
-from policy.actor import Actor, AuditSink, record_refusal, require_staff
-from policy.errors import Conflict, Forbidden, InvalidInput, NotFound, PolicyError
+from policy.actor import Actor, AuditSink, refusals_recorded, require_staff
+from policy.errors import Conflict, Forbidden, InvalidInput, NotFound
 from policy.models import Criticality, Device, DeviceService, Segment, StaffUser, Vendor
 from policy.sshkeys import parse_public_key
 from policy.vault import DEVICE_CREDENTIAL, Vault
@@ -229,7 +229,9 @@ async def create_device(
     now: datetime,
 ) -> Device:
     """Add a device to the inventory (admin)."""
-    try:
+    async with refusals_recorded(
+        db, audit, actor, "policy:device:refused", action="create", device=data.name[:100]
+    ):
         await require_staff(db, actor, ADMIN, "adding a device")
         name = admin.check_name("device", data.name.strip())
         if await db.scalar(select(Device.id).where(Device.name == name)) is not None:
@@ -248,11 +250,6 @@ async def create_device(
             updated_at=now,
             **check_record(data.record),
         )
-    except PolicyError as exc:
-        await record_refusal(
-            db, audit, actor, "policy:device:refused", exc, action="create", device=data.name[:100]
-        )
-        raise
     if data.credential is not None:
         _seal(device, vault, data.credential)
     db.add(device)
@@ -306,17 +303,14 @@ async def update_device(
     now: datetime,
 ) -> Device:
     """Change a device record (admin or biomed)."""
-    try:
+    async with refusals_recorded(
+        db, audit, actor, "policy:device:refused", action="update", device=name[:100]
+    ):
         await require_staff(db, actor, DEVICE_EDITORS, "changing a device")
         device = await load_device(db, name)
         segment = await _segment(db, changes.segment) if changes.segment is not None else None
         specs = parse_services(changes.services) if changes.services is not None else None
         _check_changes(changes)  # every field passes before the first one is set
-    except PolicyError as exc:
-        await record_refusal(
-            db, audit, actor, "policy:device:refused", exc, action="update", device=name[:100]
-        )
-        raise
     changed = _apply_changes(device, changes, segment)
     service_changes = sync_services(device, specs) if specs is not None else []
     if service_changes:
@@ -364,15 +358,12 @@ async def update_segment(
     networks: Sequence[str] | None = None,
 ) -> Segment:
     """Change a segment's description or networks (admin)."""
-    try:
+    async with refusals_recorded(
+        db, audit, actor, "policy:segment:refused", action="update", segment=name[:100]
+    ):
         await require_staff(db, actor, ADMIN, "changing a segment")
         segment = await _segment(db, name)
         cidrs = check_networks(networks) if networks is not None else None
-    except PolicyError as exc:
-        await record_refusal(
-            db, audit, actor, "policy:segment:refused", exc, action="update", segment=name[:100]
-        )
-        raise
     if description is not None:
         segment.description = description.strip()
     if cidrs is not None:
@@ -393,7 +384,9 @@ async def set_vendor_devices(
 ) -> Vendor:
     """Set the devices an organization services: its users may request only these."""
     wanted = sorted({d.strip() for d in devices if d.strip()})
-    try:
+    async with refusals_recorded(
+        db, audit, actor, "policy:vendor:refused", action="set-devices", vendor=vendor[:200]
+    ):
         await require_staff(db, actor, DEVICE_EDITORS, "choosing a vendor's devices")
         org = await db.scalar(
             select(Vendor).where(Vendor.name == vendor).options(selectinload(Vendor.devices))
@@ -404,17 +397,6 @@ async def set_vendor_devices(
         missing = sorted(set(wanted) - {d.name for d in found})
         if missing:
             raise NotFound("device-unknown", f"unknown device(s): {', '.join(missing)}")
-    except PolicyError as exc:
-        await record_refusal(
-            db,
-            audit,
-            actor,
-            "policy:vendor:refused",
-            exc,
-            action="set-devices",
-            vendor=vendor[:200],
-        )
-        raise
     before = {d.name for d in org.devices}
     org.devices = sorted(found, key=lambda d: d.name)
     await db.commit()
@@ -448,7 +430,9 @@ async def set_staff_roles(
 ) -> StaffUser:
     """Replace a staff user's roles (admin); the last enabled admin keeps the admin role."""
     wanted = sorted(set(roles))
-    try:
+    async with refusals_recorded(
+        db, audit, actor, "policy:staff:refused", action="set-roles", login=login[:64]
+    ):
         await require_staff(db, actor, ADMIN, "changing staff roles")
         user = await _staff(db, login)
         if not wanted or set(wanted) - admin.STAFF_ROLES:
@@ -457,11 +441,6 @@ async def set_staff_roles(
         losing_admin = "admin" in user.roles and "admin" not in wanted
         if losing_admin and not user.disabled and not await _other_admins(db, user):
             raise Conflict("last-admin", "this is the last admin; make someone else admin first")
-    except PolicyError as exc:
-        await record_refusal(
-            db, audit, actor, "policy:staff:refused", exc, action="set-roles", login=login[:64]
-        )
-        raise
     before = list(user.roles)
     user.roles = wanted
     await db.commit()
@@ -479,18 +458,15 @@ async def set_staff_disabled(
     db: AsyncSession, audit: AuditSink, actor: Actor, login: str, disabled: bool
 ) -> StaffUser:
     """Disable or re-enable a staff account (admin; not one's own, not the last admin)."""
-    try:
+    async with refusals_recorded(
+        db, audit, actor, "policy:staff:refused", action="disable", login=login[:64]
+    ):
         await require_staff(db, actor, ADMIN, "disabling staff accounts")
         user = await _staff(db, login)
         if disabled and user.id == actor.id and actor.via != "cli":
             raise Forbidden("self-disable", "you cannot disable your own account")
         if disabled and "admin" in user.roles and not await _other_admins(db, user):
             raise Conflict("last-admin", "this is the last admin; make someone else admin first")
-    except PolicyError as exc:
-        await record_refusal(
-            db, audit, actor, "policy:staff:refused", exc, action="disable", login=login[:64]
-        )
-        raise
     user.disabled = disabled
     await db.commit()
     tag = "policy:staff:disabled" if disabled else "policy:staff:enabled"

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from policy import totp
-from policy.actor import Actor, AuditSink, record_refusal, require_staff
+from policy.actor import Actor, AuditSink, record_refusal, refusals_recorded, require_staff
 from policy.admin import STAFF_ROLES, check_name
 from policy.errors import Conflict, InvalidInput, NotFound, PolicyError
 from policy.models import Invite, StaffUser, Vendor, VendorUser
@@ -81,7 +81,7 @@ async def create_invite(
     now: datetime,
 ) -> tuple[Invite, str]:
     """A new invite and its token (shown once: only its hash is kept)."""
-    try:
+    async with refusals_recorded(db, audit, actor, INVITE_REFUSED, action="create", kind=kind):
         if kind not in INVITERS:
             raise InvalidInput("invite-kind", "an invite is for a vendor user or a staff user")
         who = "a vendor user" if kind == "vendor" else "staff"
@@ -90,9 +90,6 @@ async def create_invite(
             raise InvalidInput("invite-hours", f"an invite lasts 1 to {MAX_HOURS} hours")
         org, role_list = await _invite_target(db, kind, vendor, roles)
         address = _check_email(email)
-    except PolicyError as exc:
-        await record_refusal(db, audit, actor, INVITE_REFUSED, exc, action="create", kind=kind)
-        raise
     token = secrets.token_urlsafe(32)
     invite = Invite(
         token_hash=token_hash(token),

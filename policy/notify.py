@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -34,6 +34,7 @@ import aiosmtplib
 import structlog
 from sqlalchemy import inspect
 
+from policy.actor import AuditSink
 from policy.config import Settings
 from policy.errors import ConfigError
 from policy.models import AccessRequest, Grant, Session, utcnow
@@ -58,22 +59,6 @@ ACTOR = "notify"  # the audit actor of delivery failures and drops
 IMPLICIT_TLS_PORT = 465  # SMTPS: TLS from the first byte, not STARTTLS
 _ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+$")  # no whitespace: no SMTP command injection
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-
-
-class AuditSink(Protocol):
-    """What the notifier needs of ``recorder.audit.AuditLog`` (policy does not import
-    recorder: the dependency points the other way)."""
-
-    async def record(
-        self,
-        tag: str,
-        *,
-        actor: str = "",
-        device: str | None = None,
-        session_id: str | None = None,
-        request_id: int | None = None,
-        **detail: Any,
-    ) -> None: ...
 
 
 # -- payloads: what an event says, shared by the gateway and the web tier -----------------

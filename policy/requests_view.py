@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -248,9 +248,24 @@ async def grants_for_vendor_user(
     return list(await db.scalars(_grant_query(now).where(Grant.vendor_user_id == vendor_user_id)))
 
 
-def _like(text: str) -> str:
+def like_pattern(text: str) -> str:
+    """A LIKE pattern (escape ``\\``) matching ``text`` anywhere, its ``%`` and ``_`` taken
+    literally: people search for device names like ``lab_7``."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+def search_devices(query: Select[Device], search: str) -> Select[Device]:
+    """``query`` narrowed to the devices whose name, model or location holds ``search``
+    (case-blind); a blank search narrows nothing. Vendors and the API search alike."""
+    if not search.strip():
+        return query
+    pattern = like_pattern(search.strip())
+    return query.where(
+        Device.name.ilike(pattern, escape="\\")
+        | Device.model.ilike(pattern, escape="\\")
+        | Device.location.ilike(pattern, escape="\\")
+    )
 
 
 async def devices_for_vendor_user(
@@ -268,13 +283,7 @@ async def devices_for_vendor_user(
         .options(selectinload(Device.services), selectinload(Device.segment))
         .order_by(Device.name)
     )
-    if search.strip():
-        pattern = _like(search.strip())
-        query = query.where(
-            Device.name.ilike(pattern, escape="\\")
-            | Device.model.ilike(pattern, escape="\\")
-            | Device.location.ilike(pattern, escape="\\")
-        )
+    query = search_devices(query, search)
     if limit is not None:
         query = query.limit(limit)
     return list(await db.scalars(query))

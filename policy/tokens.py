@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from policy.actor import Actor, AuditSink, record_refusal, require_staff, staff_roles
-from policy.errors import Conflict, Forbidden, InvalidInput, NotFound, PolicyError
+from policy.actor import Actor, AuditSink, refusals_recorded, require_staff, staff_roles
+from policy.errors import Conflict, Forbidden, InvalidInput, NotFound
 from policy.models import ApiToken, StaffUser, VendorUser, utcnow
 
 PREFIX = "spt_"
@@ -60,14 +60,11 @@ async def create_token(
 ) -> tuple[ApiToken, str]:
     """A new token acting as the named user, and its secret (shown once)."""
     name = name.strip()
-    try:
+    async with refusals_recorded(db, audit, actor, TOKEN_REFUSED, action="create", name=name):
         await require_staff(db, actor, {"admin"}, "creating an API token")
         if not name or len(name) > 100:
             raise InvalidInput("token-name-invalid", "give the token a name of 1-100 characters")
         owner = await _owner(db, staff_login, vendor_login)
-    except PolicyError as exc:
-        await record_refusal(db, audit, actor, TOKEN_REFUSED, exc, action="create", name=name)
-        raise
     secret = PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(
         token_hash=token_hash(secret),
@@ -129,7 +126,9 @@ async def revoke_token(
     db: AsyncSession, audit: AuditSink, actor: Actor, token_id: int, *, now: datetime
 ) -> ApiToken:
     """Stop a token at once (by an admin, or by the user it acts as)."""
-    try:
+    async with refusals_recorded(
+        db, audit, actor, TOKEN_REFUSED, action="revoke", token_id=token_id
+    ):
         row = await db.get(ApiToken, token_id)
         if row is None:
             raise NotFound("token-unknown", f"API token {token_id} does not exist")
@@ -137,11 +136,6 @@ async def revoke_token(
             raise Forbidden("role-required", "revoking another user's API token needs admin")
         if row.revoked_at is not None:
             raise Conflict("token-revoked", f"API token {row.name!r} was already revoked")
-    except PolicyError as exc:
-        await record_refusal(
-            db, audit, actor, TOKEN_REFUSED, exc, action="revoke", token_id=token_id
-        )
-        raise
     row.revoked_at = now
     await db.commit()
     await audit.record("policy:token:revoked", actor=actor.label, token_id=row.id, name=row.name)

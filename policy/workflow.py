@@ -33,6 +33,7 @@ from policy.actor import (
     Actor,
     AuditSink,
     record_refusal,
+    refusals_recorded,
     require_active_vendor,
     require_staff,
 )
@@ -289,14 +290,11 @@ async def file_request(
     now: datetime,
 ) -> AccessRequest:
     """File a new pending request (returned with ``devices`` and ``approvals`` loaded)."""
-    try:
+    async with refusals_recorded(
+        db, audit, actor, REQUEST_REFUSED, action="file", ticket=data.ticket_ref[:80]
+    ):
         user = await _vendor_user_for(db, actor, data.vendor_login)
         content = await _check_content(db, actor, user, data, ticket_pattern, now)
-    except PolicyError as exc:
-        await record_refusal(
-            db, audit, actor, REQUEST_REFUSED, exc, action="file", ticket=data.ticket_ref[:80]
-        )
-        raise
     req = AccessRequest(
         vendor_user_id=user.id,
         status=RequestStatus.PENDING,
@@ -382,7 +380,9 @@ async def edit_request(
     ticket_pattern: str = DEFAULT_TICKET_PATTERN,
 ) -> AccessRequest:
     """Change a pending request: a new revision, and every approval so far is deleted."""
-    try:
+    async with refusals_recorded(
+        db, audit, actor, REQUEST_REFUSED, action="edit", request_id=request_id
+    ):
         req = await lock_request(db, request_id)
         await _require_owner(db, actor, req)
         _require_pending(req)
@@ -392,11 +392,6 @@ async def edit_request(
                 "vendor-change", "a request stays with its vendor user; cancel it and file anew"
             )
         content = await _check_content(db, actor, user, data, ticket_pattern, now)
-    except PolicyError as exc:
-        await record_refusal(
-            db, audit, actor, REQUEST_REFUSED, exc, action="edit", request_id=request_id
-        )
-        raise
     before = {**_content_detail(req, user.login), "reason": req.reason}
     cleared = len(req.approvals)
     req.approvals.clear()
@@ -427,15 +422,12 @@ async def cancel_request(
     now: datetime,
 ) -> AccessRequest:
     """Withdraw a pending request (by who filed it or its vendor user)."""
-    try:
+    async with refusals_recorded(
+        db, audit, actor, REQUEST_REFUSED, action="cancel", request_id=request_id
+    ):
         req = await lock_request(db, request_id)
         await _require_owner(db, actor, req)
         _require_pending(req)
-    except PolicyError as exc:
-        await record_refusal(
-            db, audit, actor, REQUEST_REFUSED, exc, action="cancel", request_id=request_id
-        )
-        raise
     req.status = RequestStatus.CANCELLED
     req.decision_reason = reason.strip()
     req.updated_at = now
@@ -642,7 +634,9 @@ async def approve(
     """Approve a pending request as ``role``, perhaps shortening its window or dropping
     services (which makes a new revision the other approvals must see again). The last
     approval the rules need creates the grant."""
-    try:
+    async with refusals_recorded(
+        db, audit, actor, REQUEST_REFUSED, action="approve", request_id=request_id, role=role
+    ):
         roles = await require_staff(db, actor, APPROVER_ROLES, "approving a request")
         req = await lock_request(db, request_id)
         _require_pending(req)
@@ -650,18 +644,6 @@ async def approve(
         window = _narrow(req, start, end, services, now)
         plan = _plan_approval(req, vendor_login, actor, roles, role, window, override_reason)
         await _recheck_devices(db, req, plan.services)
-    except PolicyError as exc:
-        await record_refusal(
-            db,
-            audit,
-            actor,
-            REQUEST_REFUSED,
-            exc,
-            action="approve",
-            request_id=request_id,
-            role=role,
-        )
-        raise
     before = _content_detail(req, vendor_login)
     cleared = 0
     if plan.narrowed:
@@ -764,7 +746,9 @@ async def deny(
     role: str | None = None,
 ) -> AccessRequest:
     """Turn a pending request down, saying why (the vendor reads the reason)."""
-    try:
+    async with refusals_recorded(
+        db, audit, actor, REQUEST_REFUSED, action="deny", request_id=request_id
+    ):
         roles = await require_staff(db, actor, APPROVER_ROLES, "denying a request")
         as_role = role or sorted(roles & APPROVER_ROLES)[0]
         if as_role not in roles & APPROVER_ROLES:
@@ -774,11 +758,6 @@ async def deny(
         req = await lock_request(db, request_id)
         _require_pending(req)
         vendor_login = (await _vendor_user(db, req)).login
-    except PolicyError as exc:
-        await record_refusal(
-            db, audit, actor, REQUEST_REFUSED, exc, action="deny", request_id=request_id
-        )
-        raise
     req.approvals.append(
         Approval(
             approver=actor.label,

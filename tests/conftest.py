@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,9 +28,8 @@ from policy.keyfiles import load_vault
 from policy.models import Base, CredentialKind, Device
 from policy.vault import Vault
 from tests.support.openssh import ClientIdentity, SshResult, make_identity, run_ssh
+from tests.support.pgdb import scratch_database
 from tests.support.sshd import SshdDevice, run_sshd
-
-PG_SERVER = os.environ.get("SALLYPORT_TEST_PG", "postgres@127.0.0.1:5432")
 
 
 def _backend() -> str:
@@ -49,20 +47,9 @@ def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         migrate.upgrade(f"sqlite+aiosqlite:///{path}")
         yield str(path)
         return
-    name = f"sallyport_test_{uuid.uuid4().hex[:10]}"
-    admin_engine = create_sync_engine(
-        f"postgresql+psycopg://{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT"
-    )
-    with admin_engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"postgresql+asyncpg://{PG_SERVER}/{name}"
-    try:
+    with scratch_database("sallyport_test") as url:
         migrate.upgrade(url)
         yield url
-    finally:
-        with admin_engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin_engine.dispose()
 
 
 @pytest.fixture

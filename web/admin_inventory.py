@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from policy import admin as policy_admin
-from policy import inventory
+from policy import inventory, requests_view
 from policy.errors import InvalidInput, PolicyError
 from policy.models import CredentialKind, Criticality, Device, Segment, Vendor, vendor_device
 from policy.sshkeys import parse_public_key
@@ -67,17 +67,12 @@ def services(device: Device) -> list[str]:
     return [f"{s.name}:{s.port}" for s in sorted(device.services, key=lambda s: s.name)]
 
 
-def _like(query: str) -> str:
-    escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 async def _devices(db: AsyncSession, query: str) -> tuple[list[Device], int]:
     """Devices matching ``query`` (name, address, location, segment, maker, model), by name,
     at most ``LIST_LIMIT``; and how many match in all."""
     stmt = select(Device).join(Device.segment)
     if query:
-        like = _like(query)
+        like = requests_view.like_pattern(query)
         stmt = stmt.where(
             or_(
                 *(

@@ -19,14 +19,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from web import (
-    api_base,
-    api_devices,
-    api_grants,
-    api_request_json,
-    api_requests,
-    api_sessions,
-)
+from web import api_base, api_devices, api_grants, api_request_json, api_requests, api_sessions
 from web.openapi import add_operations
 
 OPERATIONS = (

@@ -18,10 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from policy.models import VendorUser
 from policy.windows import Weekly
-from web.api_input import (
-    Schema,
-    obj,
-)
+from web.api_input import Schema, obj
 from web.context import ctx
 
 RECURRENCE: Schema = {

@@ -38,12 +38,7 @@ from web.api_input import (
 )
 from web.auth import actor, principal
 from web.context import ctx
-from web.openapi import (
-    ALL_ROLES,
-    API,
-    Operation,
-    json_reply,
-)
+from web.openapi import ALL_ROLES, API, Operation, json_reply
 
 MAX_LIST = 1000
 CRITICALITIES = [c.value for c in Criticality]
@@ -125,11 +120,6 @@ def device_json(device: Device, *, staff: bool) -> dict[str, Any]:
     return out
 
 
-def _like(words: str) -> str:
-    escaped = words.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 async def _all_devices(db: AsyncSession, search: str, limit: int) -> list[Device]:
     """The whole inventory by name; ``search`` as for vendors (name, model or location)."""
     query = (
@@ -138,14 +128,7 @@ async def _all_devices(db: AsyncSession, search: str, limit: int) -> list[Device
         .order_by(Device.name)
         .limit(limit)
     )
-    if search.strip():
-        pattern = _like(search.strip())
-        query = query.where(
-            Device.name.ilike(pattern, escape="\\")
-            | Device.model.ilike(pattern, escape="\\")
-            | Device.location.ilike(pattern, escape="\\")
-        )
-    return list(await db.scalars(query))
+    return list(await db.scalars(requests_view.search_devices(query, search)))
 
 
 async def list_devices(request: web.Request, call: Call) -> web.StreamResponse:

@@ -35,13 +35,7 @@ from web.api_input import (
 )
 from web.auth import actor, principal
 from web.context import ctx
-from web.openapi import (
-    ALL_ROLES,
-    API,
-    STAFF,
-    Operation,
-    json_reply,
-)
+from web.openapi import ALL_ROLES, API, STAFF, Operation, json_reply
 
 GRANT: Schema = obj(
     {

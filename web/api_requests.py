@@ -12,6 +12,7 @@ ticketing system files on behalf of a vendor user with a staff token and ``vendo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,40 +20,18 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from policy import requests_view, workflow
+from policy.actor import Actor
 from policy.approval import APPROVER_ROLES
 from policy.errors import Conflict, NotFound, PolicyError
 from policy.models import AccessRequest, RequestStatus
 from policy.notify import request_payload
 from web.api_base import notify, vendor_email
 from web.api_grants import grant_json, load_grant
-from web.api_input import (
-    ID,
-    Body,
-    Call,
-    Field,
-    Param,
-    nullable,
-    ref,
-    strings,
-    text,
-    time_field,
-)
-from web.api_request_json import (
-    MAX_LIST,
-    ROLE_NAMES,
-    STATUSES,
-    detail_json,
-    request_json,
-)
+from web.api_input import ID, Body, Call, Field, Param, nullable, ref, strings, text, time_field
+from web.api_request_json import MAX_LIST, ROLE_NAMES, STATUSES, detail_json, request_json
 from web.auth import actor, principal
 from web.context import ctx
-from web.openapi import (
-    ALL_ROLES,
-    API,
-    Operation,
-    json_reply,
-    refused,
-)
+from web.openapi import ALL_ROLES, API, Operation, json_reply, refused
 
 
 async def _summary(request: web.Request, request_id: int) -> requests_view.RequestSummary:
@@ -89,6 +68,21 @@ async def _locked(
         await refused(request, exc, request_id=request_id)
         raise
     return req
+
+
+async def _changed(
+    request: web.Request,
+    event: str,
+    who: Actor,
+    request_id: int,
+    email: Sequence[str],
+    status: int = 200,
+) -> web.Response:
+    """The request as committed, after telling its people of ``event`` (read afresh, so the
+    answer and the notice say what the database holds)."""
+    summary = await _summary(request, request_id)
+    notify(request, event, _payload(summary, who.label), email)
+    return json_reply(request_json(summary), status=status)
 
 
 async def list_requests(request: web.Request, call: Call) -> web.StreamResponse:
@@ -146,9 +140,7 @@ async def file_request(request: web.Request, call: Call) -> web.StreamResponse:
             now=context.clock(),
         )
         email = await vendor_email(db, req.vendor_user_id)
-    summary = await _summary(request, req.id)
-    notify(request, "request.filed", _payload(summary, who.label), email)
-    return json_reply(request_json(summary), status=201)
+    return await _changed(request, "request.filed", who, req.id, email, status=201)
 
 
 async def edit_request(request: web.Request, call: Call) -> web.StreamResponse:
@@ -168,9 +160,7 @@ async def edit_request(request: web.Request, call: Call) -> web.StreamResponse:
             ticket_pattern=context.settings.workflow_ticket_pattern,
         )
         email = await vendor_email(db, req.vendor_user_id)
-    summary = await _summary(request, request_id)
-    notify(request, "request.edited", _payload(summary, who.label), email)
-    return json_reply(request_json(summary))
+    return await _changed(request, "request.edited", who, request_id, email)
 
 
 async def cancel_request(request: web.Request, call: Call) -> web.StreamResponse:
@@ -185,9 +175,7 @@ async def cancel_request(request: web.Request, call: Call) -> web.StreamResponse
             now=context.clock(),
         )
         email = await vendor_email(db, req.vendor_user_id)
-    summary = await _summary(request, req.id)
-    notify(request, "request.cancelled", _payload(summary, who.label), email)
-    return json_reply(request_json(summary))
+    return await _changed(request, "request.cancelled", who, req.id, email)
 
 
 async def approve_request(request: web.Request, call: Call) -> web.StreamResponse:
@@ -232,9 +220,7 @@ async def deny_request(request: web.Request, call: Call) -> web.StreamResponse:
             role=call.body.get("role"),
         )
         email = await vendor_email(db, req.vendor_user_id)
-    summary = await _summary(request, req.id)
-    notify(request, "request.denied", _payload(summary, who.label), email)
-    return json_reply(request_json(summary))
+    return await _changed(request, "request.denied", who, req.id, email)
 
 
 # --- the operations ----------------------------------------------------------------------------

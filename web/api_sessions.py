@@ -19,25 +19,10 @@ from policy.errors import Conflict, PolicyError
 from policy.models import Device
 from recorder import review
 from web.api_base import maybe_stamp, stamp
-from web.api_input import (
-    TIME,
-    Body,
-    Call,
-    Field,
-    Param,
-    Schema,
-    nullable,
-    obj,
-    ref,
-    text,
-)
+from web.api_input import TIME, Body, Call, Field, Param, Schema, nullable, obj, ref, text
 from web.auth import principal
 from web.context import ctx
-from web.openapi import (
-    API,
-    Operation,
-    json_reply,
-)
+from web.openapi import API, Operation, json_reply
 
 KILLERS = frozenset({"security", "admin"})
 VIEWERS = frozenset({"security", "admin", "biomed"})

@@ -5,29 +5,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
 
-from tests.conftest import PG_SERVER
+from tests.support.pgdb import scratch_database
 
 
 @pytest.fixture
 def empty_pg() -> Iterator[str]:
-    name = f"sallyport_race_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(
-        f"postgresql+psycopg://{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+asyncpg://{PG_SERVER}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database("sallyport_race") as url:
+        yield url
 
 
 def test_concurrent_migrations_on_postgresql_all_succeed(empty_pg: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from policy.models import AuditEvent
 from recorder import chain
 from recorder.audit import AuditLog
 from recorder.verify import verify_chain
-from tests.conftest import PG_SERVER
+from tests.support.pgdb import scratch_database
 
 
 @pytest.fixture
@@ -28,18 +27,8 @@ def fresh_url(tmp_path: Path) -> Iterator[str]:
     if os.environ.get("SALLYPORT_TEST_DB", "sqlite") == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
         return
-    name = f"sallyport_mig_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(
-        f"postgresql+psycopg://{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+asyncpg://{PG_SERVER}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database("sallyport_mig") as url:
+        yield url
 
 
 async def test_existing_events_are_chained_and_the_log_continues(fresh_url: str) -> None:

@@ -20,8 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.cli import prepare
@@ -41,9 +40,9 @@ from policy.models import (
 from policy.vault import Vault
 from recorder.readers import parse
 from recorder.s3 import S3Storage
-from tests.conftest import PG_SERVER
 from tests.support.nodes import LiveSsh, Node, SshOutcome, running_nodes, sallyport_cli
 from tests.support.openssh import ClientIdentity, make_identity, run_ssh
+from tests.support.pgdb import scratch_database
 from tests.support.seaweed import (
     ACCESS_KEY,
     SECRET_KEY,
@@ -99,18 +98,8 @@ def bucket(seaweed: Seaweed) -> Iterator[S3Storage]:
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
     """A PostgreSQL database of this module's own (migrated by ``prepare``), dropped after."""
-    name = f"sallyport_scale_{uuid.uuid4().hex[:10]}"
-    server = create_sync_engine(
-        f"postgresql+psycopg://{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT"
-    )
-    with server.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+asyncpg://{PG_SERVER}/{name}"
-    finally:
-        with server.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        server.dispose()
+    with scratch_database("sallyport_scale") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

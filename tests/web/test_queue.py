@@ -98,6 +98,30 @@ class World:
                 s, self.web_app.ctx.audit, by or self.vendor1, data, ticket_pattern=PATTERN, now=now
             )
 
+    async def edit(
+        self, req: AccessRequest, devices: list[str], *, ticket: str, reason: str
+    ) -> None:
+        """The vendor changes a filed request (a new revision), its window left as filed."""
+        data = workflow.RequestInput(
+            ticket_ref=ticket,
+            devices=devices,
+            services=["ssh"],
+            window_start=req.window_start,
+            window_end=req.window_end,
+            recurrence=None,
+            reason=reason,
+        )
+        async with self.db() as s:
+            await workflow.edit_request(
+                s,
+                self.web_app.ctx.audit,
+                self.vendor1,
+                req.id,
+                data,
+                now=self.web_app.clock(),
+                ticket_pattern=PATTERN,
+            )
+
     async def request_row(self, request_id: int) -> AccessRequest:
         async with self.db() as s:
             row = await s.get(AccessRequest, request_id)
@@ -587,24 +611,8 @@ async def test_stale_forms_bad_fields_and_wrong_people_are_refused_and_change_no
     bea = await world.browser("bea")
     action = f"/queue/{req.id}/approve"
     stale = await review(bea, req.id)
-    async with world.db() as s:  # the vendor edits while bea looks at revision 1
-        await workflow.edit_request(
-            s,
-            world.web_app.ctx.audit,
-            world.vendor1,
-            req.id,
-            workflow.RequestInput(
-                ticket_ref="CHG0001234",
-                devices=["monitor-2"],
-                services=["ssh"],
-                window_start=req.window_start,
-                window_end=req.window_end,
-                recurrence=None,
-                reason="and the battery pack",
-            ),
-            now=world.web_app.clock(),
-            ticket_pattern=PATTERN,
-        )
+    # the vendor edits while bea looks at revision 1
+    await world.edit(req, ["monitor-2"], ticket="CHG0001234", reason="and the battery pack")
     resp = await bea.post(action, data=form_on(stale, action))
     assert resp.status == 409
     page = await resp.text()
@@ -664,24 +672,7 @@ async def test_a_deny_on_a_changed_request_is_refused_too(world: World) -> None:
     bea = await world.browser("bea")
     page = await review(bea, req.id)
     action = f"/queue/{req.id}/deny"
-    async with world.db() as s:
-        await workflow.edit_request(
-            s,
-            world.web_app.ctx.audit,
-            world.vendor1,
-            req.id,
-            workflow.RequestInput(
-                ticket_ref="CHG0005678",
-                devices=["monitor-2"],
-                services=["ssh"],
-                window_start=req.window_start,
-                window_end=req.window_end,
-                recurrence=None,
-                reason="the right ticket now",
-            ),
-            now=world.web_app.clock(),
-            ticket_pattern=PATTERN,
-        )
+    await world.edit(req, ["monitor-2"], ticket="CHG0005678", reason="the right ticket now")
     resp = await bea.post(action, data=form_on(page, action, reason="wrong ticket"))
     assert resp.status == 409
     text = text_of(await resp.text())
