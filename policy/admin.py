@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from policy import totp
-from policy.errors import InvalidInput, NotFound
+from policy.errors import Conflict, InvalidInput, NotFound
 from policy.models import (
     CredentialKind,
     Criticality,
@@ -34,7 +34,7 @@ from policy.models import (
     utcnow,
 )
 from policy.passwords import hash_password
-from policy.sshkeys import parse_public_key
+from policy.sshkeys import PublicKey, parse_public_key
 from policy.store import notify_supervisors
 from policy.vault import DEVICE_CREDENTIAL, TOTP_SECRET, Vault
 from policy.windows import Weekly, intervals
@@ -259,6 +259,30 @@ async def add_grant(
     db.add(grant)
     await db.commit()
     return grant
+
+
+async def add_vendor_key(
+    db: AsyncSession, vendor_user_id: int, key: PublicKey, now: datetime
+) -> VendorKey:
+    """Register ``key`` for the vendor user. A key registered by anyone is refused
+    (``key-taken``): one key, one person. Commits."""
+    taken = Conflict("key-taken", f"the key {key.fingerprint} is already registered")
+    if await db.scalar(select(VendorKey.id).where(VendorKey.fingerprint == key.fingerprint)):
+        raise taken
+    row = VendorKey(
+        vendor_user_id=vendor_user_id,
+        public_key=key.line,
+        fingerprint=key.fingerprint,
+        comment=key.comment,
+        created_at=now,
+    )
+    db.add(row)
+    try:
+        await db.commit()
+    except IntegrityError:  # registered by someone else a moment ago
+        await db.rollback()
+        raise taken from None
+    return row
 
 
 async def _commit(db: AsyncSession, conflict: str) -> None:

@@ -12,14 +12,25 @@ layer's; errors are ``{code, message}`` with the status of their kind.
   ``web.api_request_json`` has them;
 * ``web.api_grants``: active grants, revocation;
 * ``web.api_devices``: the inventory (search, read, add, change, CSV import);
-* ``web.api_sessions``: gateway sessions and the kill switch.
+* ``web.api_sessions``: gateway sessions and the kill switch;
+* ``web.api_keys``: a vendor user's own SSH keys;
+* ``web.api_admin``: segments, vendor organizations, invites, staff, API tokens.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from web import api_base, api_devices, api_grants, api_request_json, api_requests, api_sessions
+from web import (
+    api_admin,
+    api_base,
+    api_devices,
+    api_grants,
+    api_keys,
+    api_request_json,
+    api_requests,
+    api_sessions,
+)
 from web.openapi import add_operations
 
 OPERATIONS = (
@@ -27,6 +38,8 @@ OPERATIONS = (
     *api_grants.OPERATIONS,
     *api_devices.OPERATIONS,
     *api_sessions.OPERATIONS,
+    *api_keys.OPERATIONS,
+    *api_admin.OPERATIONS,
 )
 SCHEMAS = {
     **api_base.SCHEMAS,
@@ -34,6 +47,8 @@ SCHEMAS = {
     **api_grants.SCHEMAS,
     **api_devices.SCHEMAS,
     **api_sessions.SCHEMAS,
+    **api_keys.SCHEMAS,
+    **api_admin.SCHEMAS,
 }
 
 

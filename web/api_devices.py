@@ -315,6 +315,7 @@ OPERATIONS = (
         status=201,
         body=Body(_create_fields()),
         conflicts=True,
+        names=True,
         reply_description="the new device",
     ),
     Operation(

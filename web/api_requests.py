@@ -294,6 +294,7 @@ OPERATIONS = (
             " name the vendor user in vendor_login.",
         ),
         conflicts=True,
+        names=True,
         reply_description="the new pending request",
     ),
     Operation(

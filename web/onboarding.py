@@ -27,10 +27,9 @@ from typing import Any
 import segno
 from aiohttp import web
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from policy import invites, totp
-from policy.admin import check_name
+from policy.admin import add_vendor_key, check_name
 from policy.errors import Conflict, InvalidInput, NotFound, PolicyError
 from policy.models import Invite, StaffUser, Vendor, VendorKey, VendorUser
 from policy.passwords import hash_password, verify_password
@@ -95,26 +94,7 @@ async def keys_add(request: web.Request) -> web.StreamResponse:
     try:
         key = parse_public_key(text)
         async with context.sessions() as db:
-            taken = await db.scalar(
-                select(VendorKey.id).where(VendorKey.fingerprint == key.fingerprint)
-            )
-            if taken is not None:
-                raise Conflict("key-taken", f"the key {key.fingerprint} is already registered")
-            db.add(
-                VendorKey(
-                    vendor_user_id=who.id,
-                    public_key=key.line,
-                    fingerprint=key.fingerprint,
-                    comment=key.comment,
-                    created_at=context.clock(),
-                )
-            )
-            try:
-                await db.commit()
-            except IntegrityError:
-                raise Conflict(
-                    "key-taken", f"the key {key.fingerprint} is already registered"
-                ) from None
+            await add_vendor_key(db, who.id, key, context.clock())
     except (InvalidInput, Conflict) as exc:
         await context.audit.record(
             "web:key:refused", actor=who.name, code=exc.code, message=exc.message

@@ -84,7 +84,8 @@ def base_document() -> dict[str, Any]:
             "title": "sallyport API",
             "version": "1",
             "description": (
-                "Access requests, approvals, grants, devices and gateway sessions. "
+                "Access requests, approvals, grants, devices and gateway sessions; vendor SSH "
+                "keys; segments, vendor organizations, invites, staff and API tokens. "
                 "Authenticate with an API token (Authorization: Bearer spt_...) made by an "
                 "administrator; the token acts as its user, with that user's roles at each "
                 "call. A signed-in browser may call the API too, sending its CSRF token in "
@@ -155,7 +156,8 @@ class Operation:
 
     ``reply`` names the component schema of the success answer (``status``); the error
     answers (``Error``) follow from the rest: 400 when it takes input, 404 when its path
-    names a thing, 409 when ``conflicts``, 415 for a CSV body, 401 and 403 always.
+    names a thing (or ``names``: its body does, e.g. a vendor to invite), 409 when
+    ``conflicts``, 415 for a CSV body, 401 and 403 always.
     """
 
     method: str
@@ -169,6 +171,7 @@ class Operation:
     params: tuple[Param, ...] = ()
     body: Body | CsvBody | None = None
     conflicts: bool = False  # may answer 409
+    names: bool = False  # the body names things that may not exist: may answer 404
     description: str = ""
     reply_description: str = "done"
 
@@ -224,7 +227,7 @@ class Operation:
         statuses = [401, 403]
         if self.params or self.body is not None:
             statuses.append(400)
-        if any(p.where == "path" for p in self.params):
+        if self.names or any(p.where == "path" for p in self.params):
             statuses.append(404)
         if self.conflicts:
             statuses.append(409)
