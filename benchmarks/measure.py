@@ -14,12 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from benchmarks.rig import Rig
+from benchmarks.stats import MeasurementError, percentile
+
+__all__ = ["MeasurementError", "Sample", "bulk", "revocation", "run_timed", "setup"]
 
 PathFn = Callable[[str], tuple[list[str], dict[str, str]]]
-
-
-class MeasurementError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -34,11 +33,7 @@ class Sample:
         return statistics.median(self.seconds)
 
     def percentile(self, p: float) -> float:
-        if not self.seconds:
-            raise MeasurementError("no samples")
-        ordered = sorted(self.seconds)
-        index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-        return ordered[index]
+        return percentile(self.seconds, p)
 
 
 def paths(rig: Rig) -> dict[str, PathFn]:

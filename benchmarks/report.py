@@ -1,84 +1,226 @@
-"""Turn measurements into a console table and BENCHMARKS.md."""
+"""Turn measurements into a console table and BENCHMARKS.md.
+
+BENCHMARKS.md is a header (machine and versions, rewritten on every write), then one
+section per measurement, each introduced by a ``<!-- section: NAME -->`` marker and
+carrying its own date and load average, then the hand-written notes. A run rewrites the
+sections it measured and keeps the others as they were, so measurements can be run one
+at a time without losing the rest.
+"""
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
 from benchmarks.measure import Sample
+from benchmarks.stats import load_average, now_text
 
 BASELINE = "openssh-jump"
 GATEWAY = "sallyport"
 SAME_KEX = "curve25519-sha256"
 # Everything in BENCHMARKS.md from this line on is hand-written and kept across runs.
 NOTES_MARKER = "<!-- notes: kept when the benchmark rewrites this file -->"
+SECTION = "<!-- section: {} -->"
+SECTION_RE = re.compile(r"^<!-- section: ([a-z]+) -->\n", re.MULTILINE)
+ORDER = ("bulk", "setup", "latency", "memory", "policy", "revocation")
+BUSY_LOAD = 1.0  # one-minute load average above which other work was running
 
 
 @dataclass
-class Results:
+class Conditions:
+    """When a measurement ran and how busy the machine was."""
+
+    started: str = field(default_factory=now_text)
+    load_before: float = field(default_factory=load_average)
+    load_after: float = 0.0
+
+    def finish(self) -> Conditions:
+        self.load_after = load_average()
+        return self
+
+    def line(self) -> str:
+        text = (
+            f"Run: {self.started}; load average {self.load_before:.2f} before, "
+            f"{self.load_after:.2f} after ({os.cpu_count()} cores)."
+        )
+        if max(self.load_before, self.load_after) >= BUSY_LOAD:
+            text += (
+                " Other processes were running on the machine during this measurement "
+                "(the load average says so); the figures are higher than on an idle machine."
+            )
+        return text
+
+
+def verdict(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+# -- bulk ---------------------------------------------------------------------------
+
+
+@dataclass
+class Bulk:
     nbytes: int
     rounds: int
-    setup_runs: int
-    bulk: dict[str, Sample]
-    setup: dict[str, Sample]
-    setup_same_kex: dict[str, Sample]
-    revocation: Sample
+    samples: dict[str, Sample]
+    conditions: Conditions = field(default_factory=Conditions)
 
     def throughput(self, name: str) -> float:
-        return self.nbytes / self.bulk[name].median / 1e6
+        return self.nbytes / self.samples[name].median / 1e6
 
-    def bulk_ratio(self) -> float:
+    def ratio(self) -> float:
         """Gateway throughput / jump throughput (>= 1.0 meets the target)."""
         return self.throughput(GATEWAY) / self.throughput(BASELINE)
 
-    def setup_ratio(self, same_kex: bool = False) -> float:
+    def cpu_per_gb(self) -> float:
+        cpu = sorted(self.samples[GATEWAY].gateway_cpu)
+        return cpu[len(cpu) // 2] / (self.nbytes / 1e9)
+
+    def table(self) -> str:
+        lines = [
+            f"bulk: {self.nbytes / 1e6:.0f} MB x {self.rounds} per path (median)",
+            f"  {'path':<14}{'seconds':>10}{'MB/s':>10}",
+        ]
+        for name, sample in self.samples.items():
+            lines.append(f"  {name:<14}{sample.median:>10.2f}{self.throughput(name):>10.0f}")
+        lines.append(f"  sallyport / openssh-jump throughput: {self.ratio():.2f}x (target >= 1.0)")
+        lines.append(f"  gateway CPU: {self.cpu_per_gb():.2f} s per GB")
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        rows = "\n".join(
+            f"| {name} | {s.median:.2f} | {self.throughput(name):.0f} | "
+            f"{self.throughput(name) / self.throughput(BASELINE):.2f}x |"
+            for name, s in self.samples.items()
+        )
+        return f"""## Bulk transfer
+
+{self.conditions.line()}
+
+`ssh ... 'head -c {self.nbytes} /dev/zero' | wc -c`, {self.rounds} rounds per path, median.
+The byte count is checked on every run.
+
+| path | seconds | MB/s | throughput vs jump |
+|---|---|---|---|
+{rows}
+
+Gateway CPU: **{self.cpu_per_gb():.2f} s per GB** (user+system of the gateway process).
+Target (no slower than the OpenSSH jump, ratio >= 1.0): {verdict(self.ratio() >= 1.0)}
+({self.ratio():.2f}x).
+"""
+
+
+# -- session setup ------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    runs: int
+    defaults: dict[str, Sample]
+    same_kex: dict[str, Sample]
+    conditions: Conditions = field(default_factory=Conditions)
+
+    def ratio(self, same_kex: bool = False) -> float:
         """Gateway setup time / jump setup time (<= 0.75 meets the target)."""
-        setup = self.setup_same_kex if same_kex else self.setup
+        setup = self.same_kex if same_kex else self.defaults
         return setup[GATEWAY].median / setup[BASELINE].median
 
-    def cpu_per_gb(self) -> float:
-        cpu = sorted(self.bulk[GATEWAY].gateway_cpu)[len(self.bulk[GATEWAY].gateway_cpu) // 2]
-        return cpu / (self.nbytes / 1e9)
-
     def cpu_ms_per_session(self) -> float:
-        cpu = self.setup[GATEWAY].gateway_cpu
+        cpu = self.defaults[GATEWAY].gateway_cpu
         return 1000 * sum(cpu) / len(cpu)
 
-
-def table(r: Results) -> str:
-    lines = [
-        f"bulk: {r.nbytes / 1e6:.0f} MB x {r.rounds} per path (median)",
-        f"  {'path':<14}{'seconds':>10}{'MB/s':>10}",
-    ]
-    for name, sample in r.bulk.items():
-        lines.append(f"  {name:<14}{sample.median:>10.2f}{r.throughput(name):>10.0f}")
-    lines.append(f"  sallyport / openssh-jump throughput: {r.bulk_ratio():.2f}x (target >= 1.0)")
-    lines.append(f"  gateway CPU: {r.cpu_per_gb():.2f} s per GB")
-    for label, same, setup in (
-        ("client defaults", False, r.setup),
-        (f"KEX pinned to {SAME_KEX}", True, r.setup_same_kex),
-    ):
-        lines.append(f"setup: `true`, {r.setup_runs} runs per path, {label}")
-        lines.append(f"  {'path':<14}{'median ms':>10}{'p90 ms':>10}")
-        for name, sample in setup.items():
+    def table(self) -> str:
+        lines = []
+        for label, same, setup in (
+            ("client defaults", False, self.defaults),
+            (f"KEX pinned to {SAME_KEX}", True, self.same_kex),
+        ):
+            lines.append(f"setup: `true`, {self.runs} runs per path, {label}")
+            lines.append(f"  {'path':<14}{'median ms':>10}{'p90 ms':>10}")
+            for name, s in setup.items():
+                lines.append(
+                    f"  {name:<14}{s.median * 1000:>10.1f}{s.percentile(90) * 1000:>10.1f}"
+                )
             lines.append(
-                f"  {name:<14}{sample.median * 1000:>10.1f}{sample.percentile(90) * 1000:>10.1f}"
+                f"  sallyport / openssh-jump setup time: {self.ratio(same):.2f}x (target <= 0.75)"
             )
-        lines.append(
-            f"  sallyport / openssh-jump setup time: {r.setup_ratio(same):.2f}x (target <= 0.75)"
+        lines.append(f"  gateway CPU: {self.cpu_ms_per_session():.1f} ms per session")
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        rows = "\n".join(
+            f"| {name} | {label} | {s.median * 1000:.1f} | {s.percentile(90) * 1000:.1f} | "
+            f"{s.median / setup[BASELINE].median:.2f}x |"
+            for label, setup in (("defaults", self.defaults), (SAME_KEX, self.same_kex))
+            for name, s in setup.items()
         )
-    lines.append(f"  gateway CPU: {r.cpu_ms_per_session():.1f} ms per session")
-    rev = r.revocation
-    lines.append(
-        f"revocation to disconnect, {len(rev.seconds)} runs: p50 {rev.median * 1000:.0f} ms, "
-        f"p99 {rev.percentile(99) * 1000:.0f} ms (target p99 < 1000 ms)"
-    )
-    return "\n".join(lines)
+        return f"""## Session setup
+
+{self.conditions.line()}
+
+TCP connect to command exit for `ssh ... true`, {self.runs} runs per path (sallyport:
+TOTP answered by an askpass script; each run a different vendor user, since a code is
+accepted once).
+
+Measured twice: with the client's default algorithms, and with the key exchange pinned to
+`{SAME_KEX}` on every path. The OpenSSH client and server here default to a
+post-quantum hybrid key exchange that costs far more CPU than X25519; the gateway's
+asyncssh offers no such hybrid without liboqs, so with defaults the vendor's leg to the
+gateway negotiates `{SAME_KEX}` while each OpenSSH leg pays the hybrid. The pinned run
+compares like with like.
+
+| path | key exchange | median ms | p90 ms | time vs jump |
+|---|---|---|---|---|
+{rows}
+
+Gateway CPU: **{self.cpu_ms_per_session():.1f} ms per session** (client defaults run).
+Target (at most 0.75x the jump's time): with defaults {verdict(self.ratio() <= 0.75)}
+({self.ratio():.2f}x); with the same key exchange everywhere
+{verdict(self.ratio(True) <= 0.75)} ({self.ratio(True):.2f}x).
+"""
+
+
+# -- revocation ---------------------------------------------------------------------
+
+
+@dataclass
+class Revocation:
+    sample: Sample
+    conditions: Conditions = field(default_factory=Conditions)
+
+    def table(self) -> str:
+        s = self.sample
+        return (
+            f"revocation to disconnect, {len(s.seconds)} runs: p50 {s.median * 1000:.0f} ms, "
+            f"p99 {s.percentile(99) * 1000:.0f} ms (target p99 < 1000 ms)"
+        )
+
+    def markdown(self) -> str:
+        s = self.sample
+        p50, p99, worst = s.median * 1000, s.percentile(99) * 1000, max(s.seconds) * 1000
+        return f"""## Revocation to disconnect
+
+{self.conditions.line()}
+
+A live recorded session (`ssh ... 'echo live; sleep 120'`) is revoked by another process
+writing the revocation to the database (as the web or `sallyport grant revoke` does); the
+time runs from that commit until the vendor's `ssh` has exited. The gateway's supervisor
+polls the database twice a second. {len(s.seconds)} runs.
+
+| p50 | p99 | max |
+|---|---|---|
+| {p50:.0f} ms | {p99:.0f} ms | {worst:.0f} ms |
+
+Target (p99 under 1 s): {verdict(s.percentile(99) < 1.0)}.
+"""
+
+
+# -- the file -----------------------------------------------------------------------
 
 
 def machine() -> str:
@@ -96,82 +238,42 @@ def machine() -> str:
     )
 
 
-def verdict(ok: bool) -> str:
-    return "**met**" if ok else "**not met**"
-
-
-def markdown(r: Results) -> str:
-    bulk_rows = "\n".join(
-        f"| {name} | {s.median:.2f} | {r.throughput(name):.0f} | "
-        f"{r.throughput(name) / r.throughput(BASELINE):.2f}x |"
-        for name, s in r.bulk.items()
-    )
-    setup_rows = "\n".join(
-        f"| {name} | {label} | {s.median * 1000:.1f} | {s.percentile(90) * 1000:.1f} | "
-        f"{s.median / setup[BASELINE].median:.2f}x |"
-        for label, setup in (("defaults", r.setup), (SAME_KEX, r.setup_same_kex))
-        for name, s in setup.items()
-    )
-    rev_p50, rev_p99 = r.revocation.median * 1000, r.revocation.percentile(99) * 1000
-    rev_max = max(r.revocation.seconds) * 1000
+def header() -> str:
     return f"""# Benchmarks
 
-Produced by `./dev bench --write BENCHMARKS.md` (`python -m benchmarks`). Every figure is
-from one run on one machine, each path measured in the same run, rounds interleaved.
+Produced by `./dev bench --write BENCHMARKS.md` (`python -m benchmarks`; `--only NAME`
+runs one measurement and rewrites only its section). Every comparison is measured in one
+run on one machine, each path in the same run, rounds interleaved. Each section says when
+it ran and how busy the machine was.
 
-- **Date:** {datetime.now(UTC):%Y-%m-%d %H:%M} UTC
 - **Machine:** {machine()}
-- **Paths:** `direct` = OpenSSH `ssh` to the device's `sshd`; `openssh-jump` = the same
+- **Paths:** `direct` = a client straight to the device's `sshd`; `openssh-jump` = the same
   through a second OpenSSH `sshd` used as a ProxyJump host (the baseline); `sallyport` =
-  `ssh vendor:device@gateway` through `sallyport serve` (separate process) with the session
+  `vendor:device@gateway` through `sallyport serve` (separate process) with the session
   recorded to local disk, key + TOTP login, device password injected from the vault.
   The device is a real Debian `sshd`, all on loopback.
-
-## Bulk transfer
-
-`ssh ... 'head -c {r.nbytes} /dev/zero' | wc -c`, {r.rounds} rounds per path, median.
-The byte count is checked on every run.
-
-| path | seconds | MB/s | throughput vs jump |
-|---|---|---|---|
-{bulk_rows}
-
-Gateway CPU: **{r.cpu_per_gb():.2f} s per GB** (user+system of the gateway process).
-Target (no slower than the OpenSSH jump, ratio >= 1.0): {verdict(r.bulk_ratio() >= 1.0)}
-({r.bulk_ratio():.2f}x).
-
-## Session setup
-
-TCP connect to command exit for `ssh ... true`, {r.setup_runs} runs per path (sallyport:
-TOTP answered by an askpass script; each run a different vendor user, since a code is
-accepted once).
-
-Measured twice: with the client's default algorithms, and with the key exchange pinned to
-`{SAME_KEX}` on every path. The OpenSSH client and server here default to a
-post-quantum hybrid key exchange that costs far more CPU than X25519; the gateway's
-asyncssh offers no such hybrid without liboqs, so with defaults the vendor's leg to the
-gateway negotiates `{SAME_KEX}` while each OpenSSH leg pays the hybrid. The pinned run
-compares like with like.
-
-| path | key exchange | median ms | p90 ms | time vs jump |
-|---|---|---|---|---|
-{setup_rows}
-
-Gateway CPU: **{r.cpu_ms_per_session():.1f} ms per session** (client defaults run).
-Target (at most 0.75x the jump's time): with defaults {verdict(r.setup_ratio() <= 0.75)}
-({r.setup_ratio():.2f}x); with the same key exchange everywhere
-{verdict(r.setup_ratio(True) <= 0.75)} ({r.setup_ratio(True):.2f}x).
-
-## Revocation to disconnect
-
-A live recorded session (`ssh ... 'echo live; sleep 120'`) is revoked by another process
-writing the revocation to the database (as the web or `sallyport grant revoke` does); the
-time runs from that commit until the vendor's `ssh` has exited. The gateway's supervisor
-polls the database twice a second. {len(r.revocation.seconds)} runs.
-
-| p50 | p99 | max |
-|---|---|---|
-| {rev_p50:.0f} ms | {rev_p99:.0f} ms | {rev_max:.0f} ms |
-
-Target (p99 under 1 s): {verdict(r.revocation.percentile(99) < 1.0)}.
 """
+
+
+def split(text: str) -> tuple[dict[str, str], str]:
+    """The sections of an existing BENCHMARKS.md by name, and its notes (from the marker)."""
+    notes = ""
+    if NOTES_MARKER in text:
+        text, notes = text[: text.index(NOTES_MARKER)], text[text.index(NOTES_MARKER) :]
+    parts = SECTION_RE.split(text)
+    # parts: [header, name1, body1, name2, body2, ...]
+    sections = {parts[i]: parts[i + 1].strip() + "\n" for i in range(1, len(parts) - 1, 2)}
+    return sections, notes
+
+
+def merge(old: str, fresh: dict[str, str]) -> str:
+    """A new BENCHMARKS.md: ``fresh`` sections replace old ones of the same name."""
+    unknown = set(fresh) - set(ORDER)
+    if unknown:
+        raise ValueError(f"unknown sections {sorted(unknown)}")
+    sections, notes = split(old)
+    sections.update(fresh)
+    body = "\n".join(
+        f"{SECTION.format(name)}\n{sections[name].strip()}\n" for name in ORDER if name in sections
+    )
+    return header() + "\n" + body + ("\n" + notes if notes else "")

@@ -23,7 +23,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncssh
+
+from benchmarks.stats import process_cpu_seconds
 from broker.cli import prepare
+from broker.keys import load_host_key
 from policy import admin, totp
 from policy.config import Settings, default_database_url, render_settings
 from policy.db import create_engine, session_factory
@@ -33,7 +37,6 @@ from tests.support.openssh import ClientIdentity, make_identity
 from tests.support.sshd import SshdDevice, run_sshd
 
 DEVICE = "bench-dev"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -54,8 +57,11 @@ class Rig:
     users: list[VendorUserKey]
     askpass: Path
     database_url: str = ""
+    gateway_host_key: str = ""  # "ssh-ed25519 AAAA..." for pinning from asyncssh clients
     kex: str | None = None  # pin the client's key exchange on every path (None: defaults)
+    settings: Settings | None = None
     _next_user: int = field(default=0)
+    _load_users: int = field(default=0)
 
     def _common(self, port: int, identity: ClientIdentity | None = None) -> list[str]:
         return [
@@ -126,14 +132,48 @@ class Rig:
         return argv, env
 
     def gateway_cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.gateway_pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return process_cpu_seconds(self.gateway_pid)
 
     def gateway_rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.gateway_pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS for the gateway process")
+        return rss_bytes(self.gateway_pid)
+
+    @property
+    def recordings_dir(self) -> Path:
+        assert self.settings is not None
+        return self.settings.recordings_dir
+
+    def gateway_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.gateway_pid}/fd"))
+
+    def add_load_users(self, count: int) -> list[LoadUser]:
+        """``count`` more vendor users, each granted the device, with in-process keys (an
+        asyncssh pool logs in as them; ssh-keygen per user would only cost time)."""
+        keys = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(count)]
+        first = len(self.users) + self._load_users
+        self._load_users += count
+        logins = [f"load{first + i:05d}" for i in range(count)]
+        lines = [k.export_public_key().decode().strip() for k in keys]
+        assert self.settings is not None
+        secrets = asyncio.run(_seed_users(self.settings, logins, lines))
+        return [
+            LoadUser(login, secret, key.export_private_key().decode())
+            for login, secret, key in zip(logins, secrets, keys, strict=True)
+        ]
+
+
+@dataclass
+class LoadUser:
+    login: str
+    secret: str
+    private_key: str  # OpenSSH format, unencrypted (a throwaway benchmark key)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` (VmRSS), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def _env() -> dict[str, str]:
@@ -147,13 +187,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _seed(
+async def seed(
     settings: Settings, device: SshdDevice, identities: list[ClientIdentity]
 ) -> list[VendorUserKey]:
     vault = load_vault(settings.vault_key_path)
     engine = create_engine(settings.database_url)
-    now = datetime.now(UTC)
-    made = []
     try:
         async with session_factory(engine)() as db:
             await admin.add_segment(db, "bench")
@@ -170,14 +208,28 @@ async def _seed(
                 host_key=device.host_public_key,
             )
             await admin.add_vendor(db, "Bench Vendor")
-            for i, identity in enumerate(identities):
-                login = f"bench{i:04d}"
+    finally:
+        await engine.dispose()
+    logins = [f"bench{i:04d}" for i in range(len(identities))]
+    secrets = await _seed_users(settings, logins, [i.public_key_line for i in identities])
+    return [
+        VendorUserKey(login, secret, identity)
+        for login, secret, identity in zip(logins, secrets, identities, strict=True)
+    ]
+
+
+async def _seed_users(settings: Settings, logins: list[str], public_keys: list[str]) -> list[str]:
+    """Vendor users of the bench vendor, each with one key and a grant to the device for
+    the next six hours; returns their TOTP secrets."""
+    vault = load_vault(settings.vault_key_path)
+    engine = create_engine(settings.database_url)
+    now = datetime.now(UTC)
+    secrets = []
+    try:
+        async with session_factory(engine)() as db:
+            for login, key in zip(logins, public_keys, strict=True):
                 _user, secret = await admin.add_vendor_user(
-                    db,
-                    vault,
-                    login=login,
-                    vendor="Bench Vendor",
-                    public_keys=[identity.public_key_line],
+                    db, vault, login=login, vendor="Bench Vendor", public_keys=[key]
                 )
                 await admin.add_grant(
                     db,
@@ -189,10 +241,10 @@ async def _seed(
                     end=now + timedelta(hours=6),
                     approved_by="benchmark",
                 )
-                made.append(VendorUserKey(login, secret, identity))
+                secrets.append(secret)
     finally:
         await engine.dispose()
-    return made
+    return secrets
 
 
 @contextlib.contextmanager
@@ -218,13 +270,12 @@ def rig(workdir: Path, users: int) -> Iterator[Rig]:
             log_level="warning",
         )
         prepare(settings)
+        host_key = load_host_key(settings.host_key_path).export_public_key().decode()
         config = data / "sallyport.toml"
         config.write_text(render_settings(settings))
         identities = [make_identity(workdir / "vendors", f"bench{i:04d}") for i in range(users)]
-        seeded = asyncio.run(_seed(settings, device, identities))
-        askpass = workdir / "askpass.sh"
-        askpass.write_text('#!/bin/sh\nprintf "%s\\n" "$SP_CODE"\n')
-        askpass.chmod(0o755)
+        seeded = asyncio.run(seed(settings, device, identities))
+        askpass = write_askpass(workdir)
         log = (workdir / "gateway.log").open("wb")
         proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("sallyport")), "serve", "--config", str(config)],
@@ -236,7 +287,7 @@ def rig(workdir: Path, users: int) -> Iterator[Rig]:
             _wait_port(port, proc)
             yield Rig(
                 workdir, device, jump, identity, port, proc.pid, seeded, askpass,
-                settings.database_url,
+                settings.database_url, " ".join(host_key.split()[:2]), settings=settings,
             )  # fmt: skip
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -246,6 +297,15 @@ def rig(workdir: Path, users: int) -> Iterator[Rig]:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             log.close()
+
+
+def write_askpass(workdir: Path) -> Path:
+    """The shell askpass that answers the TOTP prompt with ``$SP_CODE`` (no interpreter
+    start per login, so it costs the measured setup nothing)."""
+    askpass = workdir / "askpass.sh"
+    askpass.write_text('#!/bin/sh\nprintf "%s\\n" "$SP_CODE"\n')
+    askpass.chmod(0o755)
+    return askpass
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:

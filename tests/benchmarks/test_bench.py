@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import __main__ as cli
 from benchmarks import measure, report
 from benchmarks.rig import rig
 
@@ -15,25 +16,27 @@ pytestmark = pytest.mark.integration
 def test_every_path_is_measured_through_real_ssh(tmp_path: Path) -> None:
     nbytes = 3_000_000
     with rig(tmp_path, users=6) as r:
-        bulk = measure.bulk(r, nbytes, rounds=1)
-        setup = measure.setup(r, runs=1)
+        bulk = report.Bulk(nbytes, 1, measure.bulk(r, nbytes, rounds=1))
+        defaults = measure.setup(r, runs=1)
         r.kex = report.SAME_KEX
-        setup_same = measure.setup(r, runs=1)
-        revocation = measure.revocation(r, runs=2)
+        setup = report.Setup(1, defaults, measure.setup(r, runs=1))
+        revocation = report.Revocation(measure.revocation(r, runs=2))
         recordings = list((tmp_path / "gateway" / "recordings").rglob("*.sps"))
-    assert set(bulk) == set(setup) == {"direct", "openssh-jump", "sallyport"}
-    results = report.Results(nbytes, 1, 1, bulk, setup, setup_same, revocation)
-    assert len(revocation.seconds) == 2 and all(0 < t < 30 for t in revocation.seconds)
-    assert all(s.median > 0 for s in bulk.values())
-    assert results.cpu_per_gb() > 0  # the gateway process did the relaying
-    assert results.cpu_ms_per_session() > 0
+    assert set(bulk.samples) == set(setup.defaults) == {"direct", "openssh-jump", "sallyport"}
+    seconds = revocation.sample.seconds
+    assert len(seconds) == 2 and all(0 < t < 30 for t in seconds)
+    assert all(s.median > 0 for s in bulk.samples.values())
+    assert bulk.cpu_per_gb() > 0  # the gateway process did the relaying
+    assert setup.cpu_ms_per_session() > 0
     # the gateway path was recorded: the bulk session and both setup sessions
     assert len(recordings) == 5  # bulk, two setups, two revoked sessions
     assert max(p.stat().st_size for p in recordings) > nbytes
-    text = report.markdown(results)
+    text = report.merge("", {"bulk": bulk.markdown(), "setup": setup.markdown()})
+    text = report.merge(text, {"revocation": revocation.markdown()})
     for name in ("direct", "openssh-jump", "sallyport"):
         assert f"| {name} |" in text
     assert "Machine:" in text and "met" in text
+    assert "## Bulk transfer" in text and "## Revocation to disconnect" in text
 
 
 def test_a_failed_transfer_is_an_error_not_a_number(tmp_path: Path) -> None:
@@ -44,5 +47,12 @@ def test_a_failed_transfer_is_an_error_not_a_number(tmp_path: Path) -> None:
         argv, env = r.gateway("head -c 1000 /dev/zero")
         seconds, count = measure.run_timed(argv, env, pipe_count=True)
         assert count == 1000 and seconds > 0
-    with pytest.raises(measure.MeasurementError, match="no samples"):
-        _ = measure.Sample().median
+
+
+def test_quick_sizes_and_flags() -> None:
+    args = cli.parse(["--quick", "--only", "latency", "--sessions", "7"])
+    size = cli.sizes(args)
+    assert size.sessions == 7 and size.probes == cli.QUICK.probes
+    assert cli.sizes(cli.parse([])).sessions == 1000  # the figure by default
+    with pytest.raises(SystemExit):
+        cli.parse(["--quick", "--write", "BENCHMARKS.md"])  # quick figures are never written
