@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import decision, measure, render, report, sessions
+from benchmarks.cluster import cluster_rig
 from benchmarks.rig import rig
 
 NAMES = report.ORDER
 RIG_NAMES = {"bulk", "setup", "revocation", "latency", "memory"}
+CLUSTER = "revocation-cluster"
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             fresh["policy"] = render.policy_markdown(result)
         if chosen & RIG_NAMES:
             _run_rig(Path(tmp) / "rig", size, chosen, tables, fresh)
+        if CLUSTER in chosen:
+            _run_cluster(Path(tmp) / "cluster", size, tables, fresh)
     print("\n".join(tables))
     if args.write:
         old = args.write.read_text() if args.write.exists() else ""
@@ -160,6 +164,16 @@ def _run_rig(
             if result.opened is not None:
                 tables.append(render.memory_table(result))
                 fresh["memory"] = render.memory_markdown(result)
+
+
+def _run_cluster(workdir: Path, size: Sizes, tables: list[str], fresh: dict[str, str]) -> None:
+    """Revocation across two gateway processes on PostgreSQL (``benchmarks.cluster``)."""
+    with cluster_rig(workdir, size.revocations) as r:
+        cond = report.Conditions()
+        revocation = report.Revocation(measure.revocation(r, size.revocations), cluster=True)
+        revocation.conditions = cond.finish()
+    tables.append(revocation.table())
+    fresh[CLUSTER] = revocation.markdown()
 
 
 if __name__ == "__main__":

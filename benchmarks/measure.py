@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from benchmarks.rig import Rig
 from benchmarks.stats import MeasurementError, percentile
+from policy.store import NOTIFY_CHANNEL
 
 __all__ = ["MeasurementError", "Sample", "bulk", "revocation", "run_timed", "setup"]
 
@@ -122,6 +123,11 @@ def revocation(rig: Rig, runs: int) -> Sample:
                         ),
                         {"login": user.login},
                     )
+                    if engine.dialect.name == "postgresql":  # as admin.revoke_grant does
+                        conn.execute(
+                            text("SELECT pg_notify(:channel, 'grant')"),
+                            {"channel": NOTIFY_CHANNEL},
+                        )
                 start = time.perf_counter()
                 proc.wait(timeout=30)
                 result.seconds.append(time.perf_counter() - start)
