@@ -341,6 +341,18 @@ async def lock_request(db: AsyncSession, request_id: int) -> AccessRequest:
     return req
 
 
+def check_revision(req: AccessRequest, seen: int | None) -> None:
+    """Refuse a decision or edit of a pending request made on a revision other than the
+    one the person saw (``seen``; None: not stated). A decided request is left for the
+    action itself to refuse as such."""
+    if seen is not None and req.status is RequestStatus.PENDING and seen != req.revision:
+        raise Conflict(
+            "request-changed",
+            f"request {req.id} changed since you opened it (revision {seen}, now"
+            f" {req.revision}); review it again before deciding",
+        )
+
+
 def _require_pending(req: AccessRequest) -> None:
     if req.status is not RequestStatus.PENDING:
         raise Conflict(

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from policy import requests_view, workflow
 from policy.actor import Actor
 from policy.approval import APPROVER_ROLES
-from policy.errors import Conflict, NotFound, PolicyError
+from policy.errors import NotFound, PolicyError
 from policy.models import AccessRequest, RequestStatus
 from policy.notify import request_payload
 from web.api_base import notify, vendor_email
@@ -56,13 +56,7 @@ async def _locked(
     workflow to refuse as such."""
     try:
         req = await workflow.lock_request(db, request_id)
-        pending = req.status is RequestStatus.PENDING
-        if revision is not None and pending and revision != req.revision:
-            raise Conflict(
-                "request-changed",
-                f"request {request_id} changed since revision {revision} (it is at"
-                f" {req.revision}); read it again before deciding",
-            )
+        workflow.check_revision(req, revision)
     except PolicyError as exc:
         await db.rollback()  # the audit log's writer may need the lock just taken
         await refused(request, exc, request_id=request_id)

@@ -47,7 +47,7 @@ from sqlalchemy.orm import selectinload
 from policy import requests_view, workflow
 from policy.actor import Actor, record_refusal
 from policy.approval import APPROVER_ROLES, TWO_PERSON
-from policy.errors import Conflict, InvalidInput, PolicyError
+from policy.errors import InvalidInput, PolicyError
 from policy.models import AccessRequest, Grant, RequestStatus, VendorUser
 from policy.notify import grant_payload, request_payload
 from policy.windows import Weekly, effective_window, to_utc
@@ -190,14 +190,9 @@ def _services_change(form: ApproveForm, req: AccessRequest) -> list[str] | None:
 def _check_revision(req: AccessRequest, data: FormData) -> None:
     """Refuse a decision on a revision other than the one on the approver's screen."""
     seen = _text(data, "revision")
-    if not seen.isdigit():
+    if not (seen.isascii() and seen.isdigit()):
         raise InvalidInput("form-incomplete", "the form is incomplete; reload the page")
-    if int(seen) != req.revision:
-        raise Conflict(
-            "request-changed",
-            f"request {req.id} changed since you opened it (revision {seen}, now"
-            f" {req.revision}); review it again below",
-        )
+    workflow.check_revision(req, int(seen))
 
 
 def _default_zone(req: AccessRequest) -> str:
