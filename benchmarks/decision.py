@@ -1,11 +1,21 @@
 """Authorization decision latency with a hospital-sized inventory, SQLite and PostgreSQL.
 
-A decision is what the gateway does per session before it connects to the device, with
-the same queries through the same engine settings (policy.db.create_engine):
-- at login (broker.auth.begin_auth): ``store.vendor_user`` in its own database session,
-  then ``decide_login``;
-- when the channel starts (broker.relay._authorize): ``store.device`` and
-  ``store.grants_for`` in one database session, then ``decide_target``.
+A decision is what the gateway does per session before it connects to the device, through
+the gateway's own policy cache (``policy.cache.PolicyCache``, same engine settings):
+- at login (broker.auth.begin_auth): ``cache.vendor_login``, then ``decide_login``;
+- when the channel starts (broker.relay._authorize): ``cache.device`` and
+  ``cache.grants``, then ``decide_target``.
+
+Each lookup reads the database's policy generation first (the cache's validity check), so
+every decision pays that read. Two modes, same decisions, same cache object:
+- ``cold``: the cache is emptied before every decision (a user's first session after any
+  policy change): the generation read plus the queries;
+- ``warm``: every decision was made once before (untimed), so the entries are there: the
+  generation read plus memory.
+After the warm decisions, ``changes`` times: a revocation of one of a user's live grants
+written through another engine (as the web would), then that user's decision, which must
+see it (and the cache must have been emptied). Those are timed apart (``after_change``):
+any policy change empties the whole cache, so they are cold decisions.
 
 The database is seeded with bulk inserts: ``devices`` devices (one ssh service each),
 ``users`` vendor users with one key each, ``grants`` grants spread over the users, each
@@ -26,12 +36,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, insert, text
+from sqlalchemy import Engine, insert, text, update
 from sqlalchemy import create_engine as create_sync_engine
 
 from benchmarks.stats import MeasurementError, load_average, now_text, percentile
 from broker.cli import run_loop
 from policy import migrate, store
+from policy.cache import PolicyCache
 from policy.db import create_engine, session_factory
 from policy.decide import decide_login, decide_target
 from policy.models import (
@@ -46,6 +57,7 @@ from policy.models import (
     grant_device,
 )
 
+MODES = ("cold", "warm")
 SERVICE = "ssh"
 PG_SERVER = "postgres@127.0.0.1:5432"
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBenchmarkBenchmarkBenchmarkBenchmarkBen"
@@ -60,6 +72,7 @@ class Config:
     vendors: int = 50
     decisions: int = 2_000
     warmup: int = 200
+    changes: int = 20  # warm mode, afterwards: revocations, each followed by a decision
     granted_share: float = 0.8  # decisions for a device the user has a grant naming
     seed: int = 11
 
@@ -69,17 +82,33 @@ class World:
     """What was seeded, kept in Python to know each decision's right answer."""
 
     now: datetime
-    user_grants: list[list[tuple[frozenset[int], bool]]]  # per user: (devices, live)
+    # per user: [grant id, devices, live]
+    user_grants: list[list[tuple[int, frozenset[int], bool]]]
 
     def expected(self, user: int, device: int) -> bool:
-        return any(live and device in devices for devices, live in self.user_grants[user])
+        return any(live and device in devices for _g, devices, live in self.user_grants[user])
+
+    def revoke_one(self, user: int, device: int) -> int | None:
+        """Mark one of the user's live grants revoked, one naming ``device`` if any;
+        returns its id (None: the user has no live grant)."""
+        grants = self.user_grants[user]
+        live = [i for i, (_g, _d, is_live) in enumerate(grants) if is_live]
+        naming = [i for i in live if device in grants[i][1]]
+        if not live:
+            return None
+        index = (naming or live)[0]
+        grant_id, devices, _live = grants[index]
+        grants[index] = (grant_id, devices, False)
+        return grant_id
 
 
 @dataclass
 class Run:
     backend: str
     config: Config
+    mode: str = "warm"
     seconds: list[float] = field(default_factory=list)
+    after_change: list[float] = field(default_factory=list)  # warm: just after a revocation
     parts: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PARTS})
     allowed: int = 0
     denied: int = 0
@@ -153,7 +182,7 @@ def seed(engine: Engine, config: Config) -> World:
              "revoked_at": revoked, "approved_by": "benchmark"}
         )  # fmt: skip
         links.extend({"grant_id": g + 1, "device_id": d + 1} for d in named)
-        world.user_grants[user].append((named, revoked is None and start <= now < end))
+        world.user_grants[user].append((g + 1, named, revoked is None and start <= now < end))
     with engine.begin() as conn:
         conn.execute(insert(Segment), [{"id": 1, "name": "bench"}])
         for model, rows in (
@@ -180,7 +209,7 @@ def _workload(world: World, config: Config) -> Iterator[tuple[int, int]]:
     rng = random.Random(config.seed + 1)
     while True:
         user = rng.randrange(config.users)
-        named = [d for devices, _live in world.user_grants[user] for d in devices]
+        named = [d for _g, devices, _live in world.user_grants[user] for d in devices]
         if named and rng.random() < config.granted_share:
             yield user, rng.choice(named)
         else:
@@ -188,18 +217,16 @@ def _workload(world: World, config: Config) -> Iterator[tuple[int, int]]:
 
 
 async def _decide(
-    sessions: Any, login: str, device: str, now: datetime
+    cache: PolicyCache, login: str, device: str, now: datetime
 ) -> tuple[bool, list[float]]:
     t0 = time.perf_counter()
-    async with sessions() as db:
-        user = await store.vendor_user(db, login)
+    user = await cache.vendor_login(login)
     if user is None:
         raise MeasurementError(f"seeded user {login} was not found")
     login_ok = decide_login(store.user_view(user), now)
     t1 = time.perf_counter()
-    async with sessions() as db:
-        found = await store.device(db, device)
-        grants = await store.grants_for(db, user.id)
+    found = await cache.device(device)
+    grants = await cache.grants(user.id)
     t2 = time.perf_counter()
     decision = decide_target(device, found is not None, SERVICE, grants, now)
     t3 = time.perf_counter()
@@ -208,37 +235,84 @@ async def _decide(
     return decision.allow, [t1 - t0, t2 - t1, t3 - t2]
 
 
-async def measure(url: str, world: World, run: Run) -> None:
-    config = run.config
-    engine = create_engine(url)
-    sessions = session_factory(engine)
-    pairs = _workload(world, config)
-    try:
-        run.load_before = load_average()
-        for i in range(config.warmup + config.decisions):
-            user, device = next(pairs)
-            start = time.perf_counter()
-            allow, parts = await _decide(sessions, _login(user), _device(device), world.now)
-            elapsed = time.perf_counter() - start
-            if allow != world.expected(user, device):
-                raise MeasurementError(
-                    f"{_login(user)} on {_device(device)}: decided allow={allow}, "
-                    f"the seeded grants say {world.expected(user, device)}"
-                )
-            if i < config.warmup:
-                continue
-            run.seconds.append(elapsed)
-            for name, seconds in zip(PARTS, parts, strict=True):
-                run.parts[name].append(seconds)
-            run.allowed += allow
-            run.denied += not allow
-        run.load_after = load_average()
-    finally:
-        await engine.dispose()
-    if not run.allowed or not run.denied:
+async def _checked(cache: PolicyCache, world: World, user: int, device: int) -> Any:
+    start = time.perf_counter()
+    allow, parts = await _decide(cache, _login(user), _device(device), world.now)
+    elapsed = time.perf_counter() - start
+    if allow != world.expected(user, device):
         raise MeasurementError(
-            f"{run.backend}: {run.allowed} allowed, {run.denied} denied; the workload should "
-            "produce both (the seeding is wrong)"
+            f"{_login(user)} on {_device(device)}: decided allow={allow}, "
+            f"the seeded grants say {world.expected(user, device)}"
+        )
+    return allow, elapsed, parts
+
+
+async def measure(url: str, world: World, runs: dict[str, Run]) -> None:
+    """Both modes, cold then warm, with one cache (``runs`` maps mode to its Run)."""
+    config = next(iter(runs.values())).config
+    engine, writer = create_engine(url), create_engine(url)
+    cache = PolicyCache.for_url(session_factory(engine), url)
+    if cache.reader is None:
+        raise MeasurementError(f"{url}: the policy cache has no generation reader here")
+    pairs = _workload(world, config)
+    workload = [next(pairs) for _ in range(config.warmup + config.decisions)]
+    try:
+        for mode in MODES:
+            run = runs.get(mode)
+            if run is None:
+                continue
+            if mode == "warm":  # every decision once, untimed: the entries are there
+                for user, device in workload:
+                    await _checked(cache, world, user, device)
+            run.load_before = load_average()
+            for i, (user, device) in enumerate(workload):
+                if mode == "cold":
+                    cache.clear()
+                allow, elapsed, parts = await _checked(cache, world, user, device)
+                if i < config.warmup:
+                    continue
+                run.seconds.append(elapsed)
+                for name, seconds in zip(PARTS, parts, strict=True):
+                    run.parts[name].append(seconds)
+                run.allowed += allow
+                run.denied += not allow
+            if mode == "warm":
+                await _after_changes(cache, writer, world, workload, run)
+            run.load_after = load_average()
+    finally:
+        await cache.close()
+        await engine.dispose()
+        await writer.dispose()
+    for run in runs.values():
+        if not run.allowed or not run.denied:
+            raise MeasurementError(
+                f"{run.backend} {run.mode}: {run.allowed} allowed, {run.denied} denied; the "
+                "workload should produce both (the seeding is wrong)"
+            )
+
+
+async def _after_changes(
+    cache: PolicyCache, writer: Any, world: World, workload: list[tuple[int, int]], run: Run
+) -> None:
+    """Revoke, then decide for that user: the decision must see the revocation."""
+    for user, device in workload:
+        if len(run.after_change) == run.config.changes:
+            return
+        grant_id = world.revoke_one(user, device)
+        if grant_id is None:
+            continue
+        async with writer.begin() as conn:
+            await conn.execute(
+                update(Grant).where(Grant.id == grant_id).values(revoked_at=world.now)
+            )
+        resets = cache.resets
+        _allow, elapsed, _parts = await _checked(cache, world, user, device)
+        if cache.resets == resets:
+            raise MeasurementError(f"revoking grant {grant_id} did not empty the policy cache")
+        run.after_change.append(elapsed)
+    if len(run.after_change) < run.config.changes:
+        raise MeasurementError(
+            f"only {len(run.after_change)} of {run.config.changes} revocations were possible"
         )
 
 
@@ -278,15 +352,17 @@ def run(
     started = now_text()
     runs = []
     for backend in backends:
-        run_ = Run(backend, config)
+        modes = {mode: Run(backend, config, mode) for mode in MODES}
         with database(backend, workdir, pg_server) as (url, sync_url):
             engine = create_sync_engine(sync_url)
             try:
                 start = time.perf_counter()
                 world = seed(engine, config)
-                run_.seed_seconds = time.perf_counter() - start
+                seeded = time.perf_counter() - start
             finally:
                 engine.dispose()
-            run_loop(measure(url, world, run_))
-        runs.append(run_)
+            for run_ in modes.values():
+                run_.seed_seconds = seeded
+            run_loop(measure(url, world, modes))
+        runs.extend(modes.values())
     return Result(config, runs, started)

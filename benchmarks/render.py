@@ -7,6 +7,7 @@ import os
 from benchmarks import decision
 from benchmarks.report import Conditions, verdict
 from benchmarks.sessions import DIRECT, GATEWAY, LatencyRun, SessionsResult
+from benchmarks.stats import percentile
 
 MIB = 2**20
 IDLE_TARGET_MS = 2.0
@@ -218,6 +219,7 @@ def _policy_rows(result: decision.Result) -> list[tuple[str, ...]]:
         rows.append(
             (
                 run.backend,
+                run.mode,
                 f"{run.seed_seconds:.1f}",
                 _ms(run.p(50)),
                 _ms(run.p(99)),
@@ -230,18 +232,28 @@ def _policy_rows(result: decision.Result) -> list[tuple[str, ...]]:
     return rows
 
 
+def _after_changes(result: decision.Result) -> str:
+    return "; ".join(
+        f"{run.backend}: {len(run.after_change)} revocations, each seen by the next decision "
+        f"(p50 {_ms(percentile(run.after_change, 50))} ms, max {_ms(max(run.after_change))} ms)"
+        for run in result.runs
+        if run.after_change
+    )
+
+
 def policy_table(result: decision.Result) -> str:
     c = result.config
     lines = [
         f"policy decision: {c.devices} devices, {c.grants} grants, {c.users} users, "
         f"{c.decisions} decisions",
-        f"  {'database':<12}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}",
+        f"  {'database':<12}{'cache':<8}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}",
     ]
     for run in result.runs:
         lines.append(
-            f"  {run.backend:<12}{_ms(run.p(50)):>10}{_ms(run.p(99)):>10}"
+            f"  {run.backend:<12}{run.mode:<8}{_ms(run.p(50)):>10}{_ms(run.p(99)):>10}"
             f"{_ms(max(run.seconds)):>10}   (target p99 < {DECISION_TARGET_MS:g} ms)"
         )
+    lines.append(f"  after a change: {_after_changes(result)}")
     return "\n".join(lines)
 
 
@@ -251,30 +263,42 @@ def policy_markdown(result: decision.Result) -> str:
     conditions = Conditions(result.started, first.load_before, last.load_after)
     rows = "\n".join("| " + " | ".join(row) + " |" for row in _policy_rows(result))
     verdicts = "; ".join(
-        f"{run.backend} {verdict(run.p(99) * 1000 < DECISION_TARGET_MS)} ({_ms(run.p(99))} ms)"
+        f"{run.backend} {run.mode} {verdict(run.p(99) * 1000 < DECISION_TARGET_MS)} "
+        f"({_ms(run.p(99))} ms)"
         for run in result.runs
     )
     return f"""## Policy decision
 
 {conditions.line()}
 
-The authorization decision the gateway makes per session, with the same queries and the
-same engine settings (`policy.db.create_engine`): `login` = `store.vendor_user` in its own
-database session plus `decide_login` (as `broker.auth.begin_auth`); `grants` =
-`store.device` and `store.grants_for` in one database session (as
-`broker.relay._authorize`); `decide` = `decide_target`. The database holds {c.devices:,}
+The authorization decision the gateway makes per session, through the gateway's own code
+(`policy.cache.PolicyCache`, engine settings of `policy.db.create_engine`): `login` =
+`cache.vendor_login` plus `decide_login` (as `broker.auth.begin_auth`); `grants` =
+`cache.device` and `cache.grants` (as `broker.relay._authorize`); `decide` =
+`decide_target`. Every lookup first reads the database's policy generation, which triggers
+advance with every policy write (migration 0006), and empties the cache if it moved: on
+SQLite from the database file directly, on PostgreSQL over one dedicated connection.
+`cold` empties the cache before every decision (a user's first session after any policy
+change: the generation read plus one query each for the user with keys, the device with
+services and segment, the user's grants with their device names); `warm` repeats decisions
+already made once (the generation read plus memory). The database holds {c.devices:,}
 devices (one ssh service each), {c.users:,} vendor users (one key each) and {c.grants:,}
 grants spread at random over the users, each naming 1-3 devices (70% live, 15% ended, 10%
 not started, 5% revoked), bulk-inserted into a freshly migrated database (PostgreSQL:
 `VACUUM ANALYZE` after the load, as autovacuum would do, so that it does not run during the
-measurement). {c.decisions:,} decisions after
+measurement). {c.decisions:,} decisions per mode after
 {c.warmup} untimed ones, for random users: {c.granted_share:.0%} for a device one of the
 user's grants names, the rest for any device. Each decision is checked against the answer
-computed from the seeded rows. One client, one decision at a time.
+computed from the seeded rows. One client, one decision at a time. After the warm
+decisions, a grant is revoked through another database connection (as the web does) and
+that user decides again, {c.changes} times: the decision must see the revocation and the
+cache must have been emptied, or the run stops.
 
-| database | seed s | p50 ms | p99 ms | max ms | login / grants / decide (p50, p99 ms) | allowed / denied | load |
-|---|---|---|---|---|---|---|---|
+| database | cache | seed s | p50 ms | p99 ms | max ms | login / grants / decide (p50, p99 ms) | allowed / denied | load |
+|---|---|---|---|---|---|---|---|---|
 {rows}
+
+After a change: {_after_changes(result)}.
 
 Target (under {DECISION_TARGET_MS:g} ms at p99): {verdicts}.
 """  # noqa: E501

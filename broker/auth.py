@@ -9,6 +9,7 @@ have passed does the connection proceed. Every callback denies unless it says wh
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,6 @@ from broker import messages
 from broker.target import Target, parse_username
 from policy import store, totp
 from policy.decide import decide_login
-from policy.models import VendorUser
 from policy.passwords import verify_password
 from policy.vault import TOTP_SECRET
 from recorder import metrics
@@ -47,7 +47,7 @@ class VendorServer(asyncssh.SSHServer):
         self.conn: asyncssh.SSHServerConnection | None = None
         self.peer = ""
         self.target: Target | None = None
-        self.user: VendorUser | None = None
+        self.user: store.VendorLogin | None = None
         self.factor = Factor.NONE
         self._pending: str | None = None  # the method whose success asyncssh reports next
         self._first_method = ""
@@ -115,8 +115,7 @@ class VendorServer(asyncssh.SSHServer):
             await self._audit("broker:login:fail", reason="bad-username", username=username[:64])
             return True
         try:
-            async with self.ctx.sessions() as db:
-                self.user = await store.vendor_user(db, self.target.login)
+            self.user = await self.ctx.policy.vendor_login(self.target.login)
         except (SQLAlchemyError, OSError) as exc:  # fail closed: no database, no new session
             log.error("login refused: database unreachable", error=str(exc), login=self.login)
             self._banner(messages.NO_DATABASE)
@@ -139,8 +138,7 @@ class VendorServer(asyncssh.SSHServer):
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         if self.user is None:
             return False
-        fingerprint = key.get_fingerprint("sha256")
-        if any(k.fingerprint == fingerprint for k in self.user.keys):
+        if key.get_fingerprint("sha256") in self.user.fingerprints:
             self._pending = "publickey"  # asyncssh still verifies the signature
             return True
         return False
@@ -175,14 +173,16 @@ class VendorServer(asyncssh.SSHServer):
         if check.ok and check.step is not None:
             async with self.ctx.sessions() as db:
                 if await store.accept_totp_step(db, user.id, check.step):
-                    user.totp_last_step = check.step
+                    self.user = replace(user, totp_last_step=check.step)
                     self._pending = "totp"
                     return True
             check = totp.TotpCheck(totp.TotpOutcome.REPLAYED, check.step)
         await self._mfa_failed(user, check.outcome, now)
         return False
 
-    async def _mfa_failed(self, user: VendorUser, outcome: totp.TotpOutcome, now: Any) -> None:
+    async def _mfa_failed(
+        self, user: store.VendorLogin, outcome: totp.TotpOutcome, now: Any
+    ) -> None:
         text = {
             totp.TotpOutcome.REPLAYED: messages.MFA_REPLAYED,
             totp.TotpOutcome.MALFORMED: messages.MFA_MALFORMED,

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker.ca import HostCA
 from broker.supervisor import Supervisor
 from broker.tasks import TaskSet
+from policy.cache import PolicyCache
 from policy.config import Settings
 from policy.models import utcnow
 from policy.notify import Notifier
@@ -35,6 +36,7 @@ class GatewayContext:
     clock: Callable[[], datetime] = utcnow
     notifier: Notifier | None = None  # email and webhooks for session events
     supervisor: Supervisor = field(init=False)
+    policy: PolicyCache = field(init=False)  # logins, devices, grants (policy.cache)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -42,6 +44,7 @@ class GatewayContext:
             s.session_window_warnings, s.session_idle_timeout, s.session_max_length
         )
         self.supervisor = Supervisor(self, limits)
+        self.policy = PolicyCache.for_url(self.sessions, s.database_url)
 
     def now(self) -> datetime:
         return self.clock()

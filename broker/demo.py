@@ -30,7 +30,7 @@ from policy.db import create_engine, session_factory
 from policy.decide import decide_target
 from policy.keyfiles import load_vault
 from policy.models import CredentialKind, Criticality, Device, utcnow, vendor_device
-from policy.store import grants_for, vendor_user
+from policy.store import grants_for, vendor_login
 
 CREDENTIALS = "demo-credentials.json"
 VENDOR_LOGIN = "vendor1"
@@ -97,7 +97,7 @@ async def _seed(data: Path, settings: Settings) -> dict[str, Any]:
     engine = create_engine(settings.database_url)
     try:
         async with session_factory(engine)() as db:
-            existing = await vendor_user(db, VENDOR_LOGIN)
+            existing = await vendor_login(db, VENDOR_LOGIN)
             if existing is None:
                 creds = await _first_seed(db, vault, data)
             else:
@@ -193,7 +193,7 @@ async def _first_seed(db: Any, vault: Any, data: Path) -> dict[str, Any]:
 
 
 async def _ensure_grant(db: Any) -> None:
-    user = await vendor_user(db, VENDOR_LOGIN)
+    user = await vendor_login(db, VENDOR_LOGIN)
     assert user is not None
     now = utcnow()
     if decide_target(DEVICE, True, "ssh", await grants_for(db, user.id), now).allow:

@@ -19,7 +19,6 @@ import structlog
 from broker.jump import open_jump
 from broker.records import SessionEnd, add_recording, close_session, open_session, recording_key
 from broker.target import is_inventory_name
-from policy import store
 from policy.decide import Decision, Reason, decide_target
 from policy.models import Device
 from policy.netcheck import forward_address_problem
@@ -64,9 +63,8 @@ async def _open(
         raise ForwardRefused("not authenticated")
     if not is_inventory_name(dest_host):
         raise ForwardRefused(f"{dest_host!r} is not a device name (addresses are not accepted)")
-    async with server.ctx.sessions() as db:
-        device = await store.device(db, dest_host)
-        grants = await store.grants_for(db, server.user.id)
+    device = await server.ctx.policy.device(dest_host)
+    grants = await server.ctx.policy.grants(server.user.id)
     if device is None:
         raise ForwardRefused(f"device '{dest_host}' is not in the inventory")
     by_port = {s.port: s.name for s in device.services}

@@ -114,6 +114,7 @@ class Gateway:
         await self.ctx.tasks.cancel_all()
         await self.ctx.flusher.stop()
         self.ctx.storage.close()
+        await self.ctx.policy.close()
         bind = self.ctx.sessions.kw.get("bind")
         if bind is not None:
             await bind.dispose()

@@ -29,7 +29,6 @@ from broker.transfers import (
     transfer_tap,
 )
 from broker.upstream import connect_device
-from policy import store
 from policy.decide import Decision, decide_target
 from policy.models import Device
 from recorder.channel import AsciicastRecording, ChannelRecording, StreamRecording
@@ -237,9 +236,8 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
 
     async def _list_grants(self) -> None:
         assert self.chan is not None
-        async with self.ctx.sessions() as db:
-            assert self.server.user is not None
-            grants = await store.grants_for(db, self.server.user.id)
+        assert self.server.user is not None
+        grants = await self.ctx.policy.grants(self.server.user.id)
         hint = f"ssh -p {self.ctx.settings.gateway_public_port} {self.server.login}:DEVICE@GATEWAY"
         self.chan.write(render_grants(grants, self.ctx.now(), self.term is not None, hint))
         self.device_closed(0, None)
@@ -248,9 +246,8 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         user = self.server.user
         assert user is not None
         now = self.ctx.now()
-        async with self.ctx.sessions() as db:
-            device = await store.device(db, name)
-            grants = await store.grants_for(db, user.id)
+        device = await self.ctx.policy.device(name)
+        grants = await self.ctx.policy.grants(user.id)
         decision = decide_target(name, device is not None, SERVICE, grants, now)
         if not decision.allow:
             self._refuse(messages.target_refusal(decision, name))

@@ -202,7 +202,9 @@ class VendorKey(Base):
     __tablename__ = "vendor_key"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    vendor_user_id: Mapped[int] = mapped_column(ForeignKey("vendor_user.id", ondelete="CASCADE"))
+    vendor_user_id: Mapped[int] = mapped_column(
+        ForeignKey("vendor_user.id", ondelete="CASCADE"), index=True
+    )
     public_key: Mapped[str] = mapped_column(Text)
     fingerprint: Mapped[str] = mapped_column(String(100), unique=True)
     comment: Mapped[str] = mapped_column(String(200), default="")
@@ -494,3 +496,15 @@ class LoginFailure(Base):
     login: Mapped[str] = mapped_column(String(64), index=True)
     address: Mapped[str] = mapped_column(String(100), index=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PolicyGeneration(Base):
+    """One row whose counter database triggers advance, in the same transaction, with every
+    write to what a gateway decision reads (vendor users' login fields and keys, devices,
+    their services and segments, grants and their devices; migration 0006). A gateway's
+    cache (``policy.cache``) is valid only while the counter has not moved."""
+
+    __tablename__ = "policy_generation"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)

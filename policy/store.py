@@ -3,54 +3,107 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload
 
 from policy import totp
 from policy.decide import GrantView, UserView
-from policy.models import Device, Grant, MfaFailure, VendorUser
+from policy.models import Device, Grant, MfaFailure, VendorKey, VendorUser, grant_device
 from policy.windows import Weekly
 
 
-async def vendor_user(db: AsyncSession, login: str) -> VendorUser | None:
-    result = await db.execute(
-        select(VendorUser).where(VendorUser.login == login).options(selectinload(VendorUser.keys))
+@dataclass(frozen=True)
+class VendorLogin:
+    """What the gateway's login needs of a vendor user: a snapshot, safe to share."""
+
+    id: int
+    login: str
+    disabled: bool
+    locked_until: datetime | None
+    password_hash: str | None
+    totp_secret: bytes | None
+    totp_last_step: int | None  # a hint: the database's atomic step update decides
+    fingerprints: frozenset[str]  # of the user's SSH keys (sha256)
+
+
+async def vendor_login(db: AsyncSession, login: str) -> VendorLogin | None:
+    """The user and their key fingerprints in one query."""
+    rows = (
+        await db.execute(
+            select(
+                VendorUser.id,
+                VendorUser.login,
+                VendorUser.disabled,
+                VendorUser.locked_until,
+                VendorUser.password_hash,
+                VendorUser.totp_secret,
+                VendorUser.totp_last_step,
+                VendorKey.fingerprint,
+            )
+            .outerjoin(VendorKey, VendorKey.vendor_user_id == VendorUser.id)
+            .where(VendorUser.login == login)
+        )
+    ).all()
+    if not rows:
+        return None
+    first = rows[0]
+    return VendorLogin(
+        id=first.id,
+        login=first.login,
+        disabled=first.disabled,
+        locked_until=first.locked_until,
+        password_hash=first.password_hash,
+        totp_secret=first.totp_secret,
+        totp_last_step=first.totp_last_step,
+        fingerprints=frozenset(r.fingerprint for r in rows if r.fingerprint is not None),
     )
-    return result.scalar_one_or_none()
 
 
-def user_view(user: VendorUser | None) -> UserView | None:
+def user_view(user: VendorLogin | None) -> UserView | None:
     if user is None:
         return None
     return UserView(user.login, user.disabled, user.locked_until)
 
 
 async def device(db: AsyncSession, name: str) -> Device | None:
+    """The device with its services and segment loaded, in one query."""
     result = await db.execute(
         select(Device)
         .where(Device.name == name)
-        .options(selectinload(Device.services), selectinload(Device.segment))
+        .options(joinedload(Device.services), joinedload(Device.segment))
     )
-    return result.scalar_one_or_none()
+    return result.unique().scalar_one_or_none()
 
 
 async def grants_for(db: AsyncSession, vendor_user_id: int) -> list[GrantView]:
-    result = await db.execute(
-        select(Grant)
-        .where(Grant.vendor_user_id == vendor_user_id)
-        .options(selectinload(Grant.devices))
-    )
-    return [grant_view(g) for g in result.scalars()]
+    """The user's grants with the names of their devices, in one query."""
+    rows = (
+        await db.execute(
+            select(Grant, Device.name)
+            .outerjoin(grant_device, grant_device.c.grant_id == Grant.id)
+            .outerjoin(Device, Device.id == grant_device.c.device_id)
+            .where(Grant.vendor_user_id == vendor_user_id)
+            .order_by(Grant.id)
+        )
+    ).all()
+    names: dict[int, set[str]] = {}
+    grants: dict[int, Grant] = {}
+    for grant, name in rows:
+        grants.setdefault(grant.id, grant)
+        if name is not None:
+            names.setdefault(grant.id, set()).add(name)
+    return [grant_view(g, names.get(g.id, set())) for g in grants.values()]
 
 
-def grant_view(grant: Grant) -> GrantView:
+def grant_view(grant: Grant, device_names: set[str]) -> GrantView:
     return GrantView(
         id=grant.id,
         ticket_ref=grant.ticket_ref,
-        devices=frozenset(d.name for d in grant.devices),
+        devices=frozenset(device_names),
         services=frozenset(grant.services),
         window_start=grant.window_start,
         window_end=grant.window_end,

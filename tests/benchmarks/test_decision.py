@@ -11,19 +11,24 @@ from sqlalchemy import create_engine
 from benchmarks import decision
 from benchmarks.stats import MeasurementError
 from broker.cli import run_loop
+from policy.cache import PolicyCache
 
 pytestmark = pytest.mark.integration
 
 BACKEND = os.environ.get("SALLYPORT_TEST_DB", "sqlite")
 PG = os.environ.get("SALLYPORT_TEST_PG", decision.PG_SERVER)
-SMALL = decision.Config(devices=60, grants=300, users=30, decisions=80, warmup=5)
+SMALL = decision.Config(devices=60, grants=300, users=30, decisions=80, warmup=5, changes=5)
 
 
-def test_every_decision_is_timed_by_part_and_both_outcomes_occur(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", decision.MODES)
+def test_every_decision_is_timed_by_part_and_both_outcomes_occur(tmp_path: Path, mode: str) -> None:
     result = decision.run(SMALL, tmp_path, (BACKEND,), PG)
-    [run] = result.runs
+    [run] = [r for r in result.runs if r.mode == mode]
+    assert [r.mode for r in result.runs] == list(decision.MODES)
     assert run.backend == BACKEND
     assert len(run.seconds) == SMALL.decisions
+    # only the warm run checks revocations; each was seen by the next decision
+    assert len(run.after_change) == (SMALL.changes if mode == "warm" else 0)
     assert run.allowed + run.denied == SMALL.decisions
     assert run.allowed > 0 and run.denied > 0
     for part in decision.PARTS:
@@ -47,7 +52,7 @@ def test_seeding_matches_what_the_gateway_reads(tmp_path: Path) -> None:
         finally:
             engine.dispose()
     assert sum(len(g) for g in world.user_grants) == SMALL.grants
-    live = sum(live for grants in world.user_grants for _d, live in grants)
+    live = sum(live for grants in world.user_grants for _g, _d, live in grants)
     assert 0 < live < SMALL.grants  # live and not-live grants both exist
 
 
@@ -59,8 +64,30 @@ def test_a_decision_that_disagrees_with_the_seed_stops_the_run(tmp_path: Path) -
         finally:
             engine.dispose()
         # a broken expectation (every grant's liveness flipped) must not become a figure
-        world.user_grants = [[(d, not live) for d, live in g] for g in world.user_grants]
-        run = decision.Run(BACKEND, SMALL)
+        world.user_grants = [[(i, d, not live) for i, d, live in g] for g in world.user_grants]
+        run = decision.Run(BACKEND, SMALL, "cold")
         with pytest.raises(MeasurementError, match="the seeded grants say"):
-            run_loop(decision.measure(url, world, run))
+            run_loop(decision.measure(url, world, {"cold": run}))
         assert run.seconds == []
+
+
+def test_a_cache_that_missed_a_revocation_stops_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the cache ignored the generation (served stale grants), the revocation check
+    must catch it rather than report a fast, wrong figure."""
+
+    async def stale(self: PolicyCache) -> int | None:
+        return 0
+
+    monkeypatch.setattr(PolicyCache, "_current", stale)
+    with decision.database(BACKEND, tmp_path, PG) as (url, sync_url):
+        engine = create_engine(sync_url)
+        try:
+            world = decision.seed(engine, SMALL)
+        finally:
+            engine.dispose()
+        run = decision.Run(BACKEND, SMALL, "warm")
+        with pytest.raises(MeasurementError, match=r"the seeded grants say|did not empty"):
+            run_loop(decision.measure(url, world, {"warm": run}))
+        assert run.after_change == []

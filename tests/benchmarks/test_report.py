@@ -105,12 +105,17 @@ def test_memory_per_session_is_the_growth_over_the_sessions() -> None:
     assert "**not met** (2.000 MiB)" in render.memory_markdown(result)
 
 
-def test_policy_verdict_per_database() -> None:
+def test_policy_verdict_per_database_and_mode() -> None:
     config = decision.Config(devices=10, grants=20, users=5, decisions=3)
-    fast = decision.Run("sqlite", config, [0.0002, 0.0004, 0.0009])
-    slow = decision.Run("postgresql", config, [0.0005, 0.0009, 0.0031])
+    fast = decision.Run("sqlite", config, "warm", [0.0002, 0.0004, 0.0009], [0.004, 0.005, 0.006])
+    slow = decision.Run("postgresql", config, "cold", [0.0005, 0.0009, 0.0031])
     for run in (fast, slow):
         run.parts = {p: list(run.seconds) for p in decision.PARTS}
     text = render.policy_markdown(decision.Result(config, [fast, slow]))
-    assert "sqlite **met** (0.90 ms)" in text
-    assert "postgresql **not met** (3.10 ms)" in text
+    assert "sqlite warm **met** (0.90 ms)" in text
+    assert "postgresql cold **not met** (3.10 ms)" in text
+    assert "| sqlite | warm |" in text
+    assert (
+        "sqlite: 3 revocations, each seen by the next decision (p50 5.00 ms, max 6.00 ms)" in text
+    )
+    assert "postgresql: 0 revocations" not in text  # no after-change figures for cold

@@ -14,7 +14,7 @@ from broker.auth import Factor, VendorServer
 from broker.forward import ForwardRefused, open_forward
 from broker.gateway import Gateway
 from broker.target import Target, parse_username
-from policy import admin, store
+from policy import admin
 from policy.vault import Vault
 from tests.conftest import VendorLogin, grant
 
@@ -71,8 +71,7 @@ async def forward_server(
             )
     await grant(db, devices=["pump-a"], services=["https"])
     server = VendorServer(gateway.ctx)
-    async with db() as s:
-        server.user = await store.vendor_user(s, "vendor1")
+    server.user = await gateway.ctx.policy.vendor_login("vendor1")
     server.target, server.factor, server.peer = Target("vendor1", None), Factor.BOTH, "127.0.0.1:1"
     return server
 
