@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks import decision, measure, render, report, sessions
 from benchmarks.cluster import cluster_rig
-from benchmarks.rig import rig
+from benchmarks.rig import Rig, extra_gateway, rig
 
 NAMES = report.ORDER
 RIG_NAMES = {"bulk", "setup", "revocation", "latency", "memory"}
@@ -122,7 +122,7 @@ def _run_rig(
 ) -> None:
     users = (
         size.rounds * ("bulk" in chosen)
-        + 2 * size.setup_runs * ("setup" in chosen)
+        + 4 * size.setup_runs * ("setup" in chosen)  # two kex variants, two gateways
         + size.revocations * ("revocation" in chosen)
         + 1
     )
@@ -134,12 +134,7 @@ def _run_rig(
             tables.append(bulk.table())
             fresh["bulk"] = bulk.markdown()
         if "setup" in chosen:
-            cond = report.Conditions()
-            defaults = measure.setup(r, size.setup_runs)
-            r.kex = report.SAME_KEX
-            same_kex = measure.setup(r, size.setup_runs)
-            r.kex = None
-            setup = report.Setup(size.setup_runs, defaults, same_kex, cond.finish())
+            setup = _setup(r, size.setup_runs)
             tables.append(setup.table())
             fresh["setup"] = setup.markdown()
         if "revocation" in chosen:
@@ -164,6 +159,21 @@ def _run_rig(
             if result.opened is not None:
                 tables.append(render.memory_table(result))
                 fresh["memory"] = render.memory_markdown(result)
+
+
+def _setup(r: Rig, runs: int) -> report.Setup:
+    """Session setup with the device connection shared and not: two fresh gateway
+    processes, one per ``upstream_reuse`` setting (none holds a device connection from an
+    earlier measurement)."""
+    with extra_gateway(r, reuse=False), extra_gateway(r, reuse=True):
+        cond = report.Conditions()
+        defaults = measure.setup(r, runs)
+        r.kex = report.SAME_KEX
+        try:
+            same_kex = measure.setup(r, runs)
+        finally:
+            r.kex = None
+        return report.Setup(runs, defaults, same_kex, cond.finish())
 
 
 def _run_cluster(workdir: Path, size: Sizes, tables: list[str], fresh: dict[str, str]) -> None:

@@ -17,15 +17,19 @@ from benchmarks.rig import Rig
 from benchmarks.stats import MeasurementError, percentile
 from policy.store import NOTIFY_CHANNEL
 
-__all__ = ["MeasurementError", "Sample", "bulk", "revocation", "run_timed", "setup"]
+__all__ = ["MeasurementError", "Sample", "bulk", "revocation", "run_timed", "setup", "setup_paths"]
 
 PathFn = Callable[[str], tuple[list[str], dict[str, str]]]
+
+GATEWAY = "sallyport"
+GATEWAY_REUSE = "sallyport-reuse"  # the gateway sharing one device connection (upstream_reuse)
 
 
 @dataclass
 class Sample:
     seconds: list[float] = field(default_factory=list)
     gateway_cpu: list[float] = field(default_factory=list)
+    device_logins: list[int] = field(default_factory=list)  # the gateway's logins to the device
 
     @property
     def median(self) -> float:
@@ -38,7 +42,7 @@ class Sample:
 
 
 def paths(rig: Rig) -> dict[str, PathFn]:
-    return {"direct": rig.direct, "openssh-jump": rig.jump_host, "sallyport": rig.gateway}
+    return {"direct": rig.direct, "openssh-jump": rig.jump_host, GATEWAY: rig.gateway}
 
 
 def run_timed(argv: list[str], env: dict[str, str], pipe_count: bool) -> tuple[float, int]:
@@ -77,16 +81,31 @@ def bulk(rig: Rig, nbytes: int, rounds: int) -> dict[str, Sample]:
     return results
 
 
+def setup_paths(rig: Rig) -> dict[str, tuple[PathFn, int]]:
+    """The setup paths, each with the gateway process whose CPU it counts: sallyport once
+    with one device login per session and once sharing the device connection."""
+    plain, reuse = rig.gateway_with(reuse=False), rig.gateway_with(reuse=True)
+    return {
+        "direct": (rig.direct, plain.pid),
+        "openssh-jump": (rig.jump_host, plain.pid),
+        GATEWAY: (rig.gateway_reuse(False), plain.pid),
+        GATEWAY_REUSE: (rig.gateway_reuse(True), reuse.pid),
+    }
+
+
 def setup(rig: Rig, runs: int) -> dict[str, Sample]:
-    """TCP connect to command exit for ``true`` (TOTP included on the gateway path)."""
-    results = {name: Sample() for name in paths(rig)}
+    """TCP connect to command exit for ``true`` (TOTP included on the gateway paths), and
+    the logins the device accepted from the gateway during each run."""
+    chosen = setup_paths(rig)
+    results = {name: Sample() for name in chosen}
     for _ in range(runs):
-        for name, path in paths(rig).items():
+        for name, (path, pid) in chosen.items():
             argv, env = path("true")
-            cpu0 = rig.gateway_cpu_seconds()
+            cpu0, logins0 = rig.gateway_cpu_seconds(pid), rig.device_logins()
             seconds, _count = run_timed(argv, env, pipe_count=False)
             results[name].seconds.append(seconds)
-            results[name].gateway_cpu.append(rig.gateway_cpu_seconds() - cpu0)
+            results[name].gateway_cpu.append(rig.gateway_cpu_seconds(pid) - cpu0)
+            results[name].device_logins.append(rig.device_logins() - logins0)
     return results
 
 

@@ -1,6 +1,11 @@
 """The benchmark rig: a real sshd device, an OpenSSH jump host, and a sallyport gateway
 running as its own process (``sallyport serve``), all on loopback.
 
+The session-setup measurement compares the gateway with and without a shared device
+connection (``upstream_reuse``): ``extra_gateway`` starts another ``sallyport serve
+--only gateway`` on the same data with one setting, so both run fresh in one rig and
+their rounds interleave.
+
 Every path is driven by the stock OpenSSH client with public-key auth; the gateway path
 also answers the TOTP prompt (through a tiny shell askpass, so it costs no interpreter
 start). Each gateway login uses its own vendor user, because the replay guard accepts a
@@ -18,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,6 +51,13 @@ class VendorUserKey:
     identity: ClientIdentity
 
 
+@dataclass(frozen=True)
+class GatewayProcess:
+    port: int
+    pid: int
+    reuse: bool  # upstream_reuse: one device connection shared by the sessions
+
+
 @dataclass
 class Rig:
     workdir: Path
@@ -60,6 +72,7 @@ class Rig:
     gateway_host_key: str = ""  # "ssh-ed25519 AAAA..." for pinning from asyncssh clients
     kex: str | None = None  # pin the client's key exchange on every path (None: defaults)
     settings: Settings | None = None
+    extra: dict[bool, GatewayProcess] = field(default_factory=dict)  # by upstream_reuse
     _next_user: int = field(default=0)
     _load_users: int = field(default=0)
 
@@ -114,9 +127,31 @@ class Rig:
         self._next_user += 1
         return user
 
-    def gateway_as(self, user: VendorUserKey, command: str) -> tuple[list[str], dict[str, str]]:
+    def gateway_with(self, reuse: bool) -> GatewayProcess:
+        """The gateway process running with ``upstream_reuse`` = ``reuse``: an extra one
+        if there is one, else the rig's own."""
+        assert self.settings is not None
+        if reuse in self.extra:
+            return self.extra[reuse]
+        if self.settings.upstream_reuse == reuse:
+            return GatewayProcess(self.gateway_port, self.gateway_pid, reuse)
+        raise RuntimeError(f"no gateway with upstream_reuse={reuse} is running (extra_gateway)")
+
+    def gateway_reuse(self, reuse: bool) -> Callable[[str], tuple[list[str], dict[str, str]]]:
+        """A path (as ``gateway``) through the gateway with ``upstream_reuse`` = ``reuse``."""
+        port = self.gateway_with(reuse).port
+        return lambda command: self.gateway_as(self.next_user(), command, port)
+
+    def device_logins(self) -> int:
+        """Logins the device's sshd accepted with the vaulted password: the gateway's own
+        (direct and jump clients log in with a key)."""
+        return self.device.log_text().count("Accepted password for ")
+
+    def gateway_as(
+        self, user: VendorUserKey, command: str, port: int | None = None
+    ) -> tuple[list[str], dict[str, str]]:
         argv = [
-            *self._common(self.gateway_port, user.identity),
+            *self._common(port or self.gateway_port, user.identity),
             "-o",
             "PreferredAuthentications=publickey,keyboard-interactive",
             f"{user.login}:{DEVICE}@127.0.0.1",
@@ -131,8 +166,8 @@ class Rig:
         )
         return argv, env
 
-    def gateway_cpu_seconds(self) -> float:
-        return process_cpu_seconds(self.gateway_pid)
+    def gateway_cpu_seconds(self, pid: int | None = None) -> float:
+        return process_cpu_seconds(pid or self.gateway_pid)
 
     def gateway_rss_bytes(self) -> int:
         return rss_bytes(self.gateway_pid)
@@ -276,19 +311,57 @@ def rig(workdir: Path, users: int) -> Iterator[Rig]:
         identities = [make_identity(workdir / "vendors", f"bench{i:04d}") for i in range(users)]
         seeded = asyncio.run(seed(settings, device, identities))
         askpass = write_askpass(workdir)
-        log = (workdir / "gateway.log").open("wb")
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("sallyport")), "serve", "--config", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            _wait_port(port, proc)
+        reuse = {"SALLYPORT_GATEWAY_UPSTREAM_REUSE": str(settings.upstream_reuse).lower()}
+        with _serve(config, workdir / "gateway.log", port, reuse) as proc:
             yield Rig(
                 workdir, device, jump, identity, port, proc.pid, seeded, askpass,
                 settings.database_url, " ".join(host_key.split()[:2]), settings=settings,
             )  # fmt: skip
+
+
+@contextlib.contextmanager
+def extra_gateway(r: Rig, reuse: bool) -> Iterator[GatewayProcess]:
+    """Another gateway process (``--only gateway``) on the rig's data and database, with
+    ``upstream_reuse`` = ``reuse`` (an environment override), as ``r.extra[reuse]``."""
+    assert r.settings is not None
+    port = _free_port()
+    env = {
+        "SALLYPORT_GATEWAY_PORT": str(port),
+        "SALLYPORT_GATEWAY_UPSTREAM_REUSE": "true" if reuse else "false",
+        # its own node name: it recovers only its own sessions
+        "SALLYPORT_NODE_NAME": f"{r.settings.node_name}-reuse-{'on' if reuse else 'off'}",
+    }
+    config = r.settings.data_dir / "sallyport.toml"
+    log_path = r.workdir / f"gateway-reuse-{'on' if reuse else 'off'}.log"
+    with _serve(config, log_path, port, env, only="gateway") as proc:
+        r.extra[reuse] = GatewayProcess(port, proc.pid, reuse)
+        try:
+            yield r.extra[reuse]
+        finally:
+            del r.extra[reuse]
+
+
+@contextlib.contextmanager
+def _serve(
+    config: Path,
+    log_path: Path,
+    port: int,
+    env: dict[str, str] | None = None,
+    only: str | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``sallyport serve`` as its own process until the block exits."""
+    argv = [str(Path(sys.executable).with_name("sallyport")), "serve", "--config", str(config)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*argv, *(["--only", only] if only else [])],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+        try:
+            _wait_port(port, proc)
+            yield proc
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
@@ -296,7 +369,6 @@ def rig(workdir: Path, users: int) -> Iterator[Rig]:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-            log.close()
 
 
 def write_askpass(workdir: Path) -> Path:

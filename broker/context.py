@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.ca import HostCA
+from broker.devicepool import DevicePool
 from broker.supervisor import Supervisor
 from broker.tasks import TaskSet
 from policy.cache import PolicyCache
@@ -36,6 +37,7 @@ class GatewayContext:
     clock: Callable[[], datetime] = utcnow
     notifier: Notifier | None = None  # email and webhooks for session events
     supervisor: Supervisor = field(init=False)
+    devices: DevicePool = field(init=False)  # device connections (shared when upstream_reuse)
     policy: PolicyCache = field(init=False)  # logins, devices, grants (policy.cache)
 
     def __post_init__(self) -> None:
@@ -44,6 +46,13 @@ class GatewayContext:
             s.session_window_warnings, s.session_idle_timeout, s.session_max_length
         )
         self.supervisor = Supervisor(self, limits)
+        self.devices = DevicePool(
+            self.vault,
+            reuse=s.upstream_reuse,
+            max_channels=s.upstream_max_channels,
+            idle_seconds=s.upstream_idle_seconds,
+            connect_timeout=s.upstream_connect_timeout,
+        )
         self.policy = PolicyCache.for_url(self.sessions, s.database_url)
 
     def now(self) -> datetime:

@@ -108,6 +108,7 @@ class Gateway:
         await self.acceptor.wait_closed()
         await self.ctx.supervisor.shutdown(message)
         await self.ctx.tasks.drain(within=10)
+        await self.ctx.devices.close()  # the sessions ended: no channel is left on them
         await self.ctx.supervisor.stop()
         if self.ctx.notifier is not None:  # after the sessions ended: their events go out
             await self.ctx.notifier.close()

@@ -28,7 +28,6 @@ from broker.transfers import (
     TransferTap,
     transfer_tap,
 )
-from broker.upstream import connect_device
 from policy.decide import Decision, decide_target
 from policy.models import Device
 from recorder.channel import AsciicastRecording, ChannelRecording, StreamRecording
@@ -269,10 +268,9 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         self.grant_id, self.window_end = grant.id, decision.window_end
         self.idle_timeout, self.max_session = grant.idle_timeout, grant.max_session
         self.ctx.supervisor.add(self)
-        self.upstream_conn = await connect_device(
-            device, self.ctx.vault, self.ctx.settings.upstream_connect_timeout
-        )
-        chan, _ = await self.upstream_conn.create_session(
+        # a channel on the device: on a shared connection when upstream_reuse is on
+        chan, self.upstream_conn = await self.ctx.devices.open_session(
+            device,
             lambda: DeviceSession(self),
             self.command,
             subsystem=self.subsystem if self.kind == "sftp" else None,
@@ -359,8 +357,8 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         self.ctx.supervisor.discard(self)
         if self.upstream is not None:
             self.upstream.close()
-        if self.upstream_conn is not None:
-            self.upstream_conn.close()
+        if self.upstream_conn is not None:  # closes it, or frees its slot when shared
+            self.ctx.devices.release(self.upstream_conn)
         if self.recording is not None:
             self.ctx.flusher.discard(self.recording)
             try:  # what the vendor saw reaches the file before the vendor sees the end

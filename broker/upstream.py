@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import asyncssh
 
 from broker.errors import UpstreamError
@@ -26,9 +28,14 @@ def ssh_port(device: Device) -> int:
 
 
 async def connect_device(
-    device: Device, vault: Vault, connect_timeout: float
+    device: Device,
+    vault: Vault,
+    connect_timeout: float,
+    client_factory: Callable[[], asyncssh.SSHClient] | None = None,
 ) -> asyncssh.SSHClientConnection:
-    """Log in to ``device`` as the inventory says; refuse if its host key is not the pinned one."""
+    """Log in to ``device`` as the inventory says; refuse if its host key is not the pinned one.
+
+    ``client_factory`` is told when the connection closes (``broker.devicepool``)."""
     if not device.ssh_host_key:
         raise UpstreamError("device-no-host-key", f"device '{device.name}' has no pinned host key")
     if not device.credential_username or device.credential_secret is None:
@@ -59,6 +66,7 @@ async def connect_device(
             encryption_algs=UPSTREAM_CIPHERS,
             connect_timeout=connect_timeout,
             login_timeout=connect_timeout,
+            client_factory=client_factory,
             **options,
         )
     except asyncssh.HostKeyNotVerifiable:

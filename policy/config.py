@@ -31,6 +31,9 @@ class Settings:
     log_format: str = "json"
     log_level: str = "info"
     upstream_connect_timeout: float = 10.0
+    upstream_reuse: bool = True  # share one device connection among its session channels
+    upstream_max_channels: int = 10  # channels per shared connection (sshd's MaxSessions)
+    upstream_idle_seconds: float = 30.0  # a shared connection without channels closes after
     gateway_proxy_protocol: bool = False  # every connection must start with a PROXY header
     gateway_proxy_trusted: tuple[str, ...] = ()  # CIDRs of the load balancers that send it
     session_window_warnings: tuple[str, ...] = ("900", "300", "60")  # seconds before the end
@@ -64,6 +67,12 @@ class Settings:
     notify_webhooks: tuple[str, ...] = ()  # URLs that get a JSON POST per event
     notify_webhook_secret: str = ""  # when set, each POST carries an HMAC-SHA256 signature
 
+    def __post_init__(self) -> None:
+        if self.upstream_max_channels < 1:
+            raise ConfigError("config-invalid", "gateway.upstream_max_channels: at least 1")
+        if self.upstream_idle_seconds < 0:
+            raise ConfigError("config-invalid", "gateway.upstream_idle_seconds: not negative")
+
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
@@ -93,6 +102,9 @@ _FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("gateway", "host"): ("gateway_host", str),
     ("gateway", "port"): ("gateway_port", int),
     ("gateway", "upstream_connect_timeout"): ("upstream_connect_timeout", float),
+    ("gateway", "upstream_reuse"): ("upstream_reuse", bool),
+    ("gateway", "upstream_max_channels"): ("upstream_max_channels", int),
+    ("gateway", "upstream_idle_seconds"): ("upstream_idle_seconds", float),
     ("gateway", "proxy_protocol"): ("gateway_proxy_protocol", bool),
     ("gateway", "proxy_trusted"): ("gateway_proxy_trusted", tuple),  # "10.0.0.0/8,10.1.0.0/16"
     ("session", "window_warnings"): ("session_window_warnings", tuple),  # "900,300,60"

@@ -15,25 +15,28 @@ pytestmark = pytest.mark.integration
 
 def test_every_path_is_measured_through_real_ssh(tmp_path: Path) -> None:
     nbytes = 3_000_000
-    with rig(tmp_path, users=6) as r:
+    with rig(tmp_path, users=7) as r:
         bulk = report.Bulk(nbytes, 1, measure.bulk(r, nbytes, rounds=1))
-        defaults = measure.setup(r, runs=1)
-        r.kex = report.SAME_KEX
-        setup = report.Setup(1, defaults, measure.setup(r, runs=1))
+        setup = cli._setup(r, runs=1)  # both key exchanges, reuse off and on
+        assert r.extra == {}  # its two gateways are gone with the measurement
         revocation = report.Revocation(measure.revocation(r, runs=2))
         recordings = list((tmp_path / "gateway" / "recordings").rglob("*.sps"))
-    assert set(bulk.samples) == set(setup.defaults) == {"direct", "openssh-jump", "sallyport"}
+    assert set(bulk.samples) == {"direct", "openssh-jump", "sallyport"}
+    assert set(setup.defaults) == set(setup.same_kex) == {*bulk.samples, "sallyport-reuse"}
+    # seen from the device: one login per sallyport session, one for both reuse sessions
+    assert setup.logins("sallyport") == 2 and setup.logins("sallyport-reuse") == 1
     seconds = revocation.sample.seconds
     assert len(seconds) == 2 and all(0 < t < 30 for t in seconds)
     assert all(s.median > 0 for s in bulk.samples.values())
     assert bulk.cpu_per_gb() > 0  # the gateway process did the relaying
-    assert setup.cpu_ms_per_session() > 0
-    # the gateway path was recorded: the bulk session and both setup sessions
-    assert len(recordings) == 5  # bulk, two setups, two revoked sessions
+    assert setup.cpu_ms_per_session("sallyport") > 0
+    assert setup.cpu_ms_per_session("sallyport-reuse") > 0  # the second gateway's own CPU
+    # every gateway session was recorded, on either gateway process
+    assert len(recordings) == 7  # bulk, four setups, two revoked sessions
     assert max(p.stat().st_size for p in recordings) > nbytes
     text = report.merge("", {"bulk": bulk.markdown(), "setup": setup.markdown()})
     text = report.merge(text, {"revocation": revocation.markdown()})
-    for name in ("direct", "openssh-jump", "sallyport"):
+    for name in ("direct", "openssh-jump", "sallyport", "sallyport-reuse"):
         assert f"| {name} |" in text
     assert "Machine:" in text and "met" in text
     assert "## Bulk transfer" in text and "## Revocation to disconnect" in text
