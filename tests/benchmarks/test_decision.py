@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -44,25 +46,27 @@ def test_every_decision_is_timed_by_part_and_both_outcomes_occur(tmp_path: Path,
     assert 0 < run.p(50) <= run.p(99) <= max(run.seconds)
 
 
-def test_seeding_matches_what_the_gateway_reads(tmp_path: Path) -> None:
-    with decision.database(BACKEND, tmp_path, PG) as (_url, sync_url):
-        engine = create_engine(sync_url)
-        try:
-            world = decision.seed(engine, SMALL)
-        finally:
-            engine.dispose()
-    assert sum(len(g) for g in world.user_grants) == SMALL.grants
-    live = sum(live for grants in world.user_grants for _g, _d, live in grants)
-    assert 0 < live < SMALL.grants  # live and not-live grants both exist
-
-
-def test_a_decision_that_disagrees_with_the_seed_stops_the_run(tmp_path: Path) -> None:
+@contextmanager
+def seeded(tmp_path: Path) -> Iterator[tuple[str, decision.World]]:
+    """A fresh database seeded with SMALL: its async URL and what was seeded."""
     with decision.database(BACKEND, tmp_path, PG) as (url, sync_url):
         engine = create_engine(sync_url)
         try:
             world = decision.seed(engine, SMALL)
         finally:
             engine.dispose()
+        yield url, world
+
+
+def test_seeding_matches_what_the_gateway_reads(tmp_path: Path) -> None:
+    with seeded(tmp_path) as (_url, world):
+        assert sum(len(g) for g in world.user_grants) == SMALL.grants
+        live = sum(live for grants in world.user_grants for _g, _d, live in grants)
+        assert 0 < live < SMALL.grants  # live and not-live grants both exist
+
+
+def test_a_decision_that_disagrees_with_the_seed_stops_the_run(tmp_path: Path) -> None:
+    with seeded(tmp_path) as (url, world):
         # a broken expectation (every grant's liveness flipped) must not become a figure
         world.user_grants = [[(i, d, not live) for i, d, live in g] for g in world.user_grants]
         run = decision.Run(BACKEND, SMALL, "cold")
@@ -81,12 +85,7 @@ def test_a_cache_that_missed_a_revocation_stops_the_run(
         return 0
 
     monkeypatch.setattr(PolicyCache, "_current", stale)
-    with decision.database(BACKEND, tmp_path, PG) as (url, sync_url):
-        engine = create_engine(sync_url)
-        try:
-            world = decision.seed(engine, SMALL)
-        finally:
-            engine.dispose()
+    with seeded(tmp_path) as (url, world):
         run = decision.Run(BACKEND, SMALL, "warm")
         with pytest.raises(MeasurementError, match=r"the seeded grants say|did not empty"):
             run_loop(decision.measure(url, world, {"warm": run}))
