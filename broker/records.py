@@ -7,17 +7,18 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from policy.decide import GrantView
-from policy.models import Device, Recording, RecordingStatus, Session, utcnow
+from policy.models import Device, Recording, RecordingStatus, Session, new_id, utcnow
 from policy.notify import session_payload
 from policy.snapshot import device_snapshot
 from recorder import metrics
+from recorder.audit import Event
 from recorder.storage import StoredObject
 
 if TYPE_CHECKING:
@@ -42,9 +43,11 @@ async def open_session(
     kind: str,
     command: str | None,
 ) -> str:
-    """Create the Session row and audit its start; returns the session id."""
+    """Create the Session row and audit its start, in one transaction (both or neither:
+    a failure raises and the session is refused); returns the session id."""
     assert server.user is not None
     session = Session(
+        id=new_id(),
         vendor_user_id=server.user.id,
         device_id=device.id,
         grant_id=grant.id,
@@ -55,11 +58,8 @@ async def open_session(
         gateway_node=server.ctx.settings.node_name,
         device_snapshot=device_snapshot(device),  # later inventory edits do not rewrite this
     )
-    async with server.ctx.sessions() as db:
-        db.add(session)
-        await db.commit()
-    metrics.session_started(kind)
-    await server._audit(
+    start = _event(
+        server,
         "broker:session:start",
         session_id=session.id,
         grant=grant.id,
@@ -68,6 +68,8 @@ async def open_session(
         command=command,
         node=server.ctx.settings.node_name,
     )
+    await server.ctx.audit.record_many([start], rows=[session])
+    metrics.session_started(kind)
     _notify(server, "session.started", session_payload(session, server.user.login, device.name))
     return session.id
 
@@ -102,23 +104,34 @@ async def close_session(server: VendorServer, session_id: str, end: SessionEnd) 
             _retry_write_end(server, session_id, end, status, now), name=f"close-{session_id}"
         )
         session = None
+    events = []
     if stored is not None:
-        await server._audit(
-            "broker:recording:final",
-            session_id=session_id,
-            key=stored.key,
-            sha256=stored.sha256,
-            size=stored.size,
-            status=str(status),
+        events.append(
+            _event(
+                server,
+                "broker:recording:final",
+                session_id=session_id,
+                key=stored.key,
+                sha256=stored.sha256,
+                size=stored.size,
+                status=str(status),
+            )
         )
     detail: dict[str, object] = {"reason": end.reason, "exit_status": end.exit_status}
     if end.bytes_from_vendor is not None:
         detail.update(
             bytes_from_vendor=end.bytes_from_vendor, bytes_from_device=end.bytes_from_device
         )
-    await server._audit(
-        "broker:session:end", session_id=session_id, node=server.ctx.settings.node_name, **detail
+    events.append(
+        _event(
+            server,
+            "broker:session:end",
+            session_id=session_id,
+            node=server.ctx.settings.node_name,
+            **detail,
+        )
     )
+    await server.ctx.audit.record_many(events)  # one transaction; spooled together if down
     if session is not None:
         vendor = server.user.login if server.user is not None else server.login
         device = (session.device_snapshot or {}).get("name") or str(session.device_id)
@@ -168,6 +181,16 @@ async def _retry_write_end(
             continue
         log.info("session end written after the database came back", session_id=session_id)
         return
+
+
+def _event(server: VendorServer, tag: str, *, session_id: str, **detail: Any) -> Event:
+    """An audit event of this session, with what ``VendorServer._audit`` adds to every
+    event (who, which device, from where)."""
+    device = server.target.device if server.target else None
+    return Event(
+        tag, actor=server.login, device=device, session_id=session_id,
+        detail={"client": server.peer, **detail},
+    )  # fmt: skip
 
 
 def _notify(server: VendorServer, event: str, payload: dict[str, object]) -> None:

@@ -6,12 +6,15 @@ hash chain (``recorder.chain``), and every ``checkpoint_every`` events or
 
 Appending is serialized across processes by the single ``audit_chain_head`` row, in the
 same transaction as the insert: the transaction's first statement is a write to that row
-(``INSERT ... ON CONFLICT DO NOTHING``), which on SQLite takes the database write lock
-at once (waiting up to ``busy_timeout``, never failing on a stale snapshot); then
-``SELECT ... FOR UPDATE`` locks the row on PostgreSQL. Under that lock the event gets
+(``INSERT`` the genesis head ``ON CONFLICT DO UPDATE`` with a no-op ``RETURNING`` the
+head), which on SQLite takes the database write lock at once (waiting up to
+``busy_timeout``, never failing on a stale snapshot) and on PostgreSQL locks the row, as
+``SELECT ... FOR UPDATE`` would. Under that lock each event gets
 ``id = last_event_id + 1`` and ``prev_hash = last_hash``, the head moves on, and the
 commit releases the lock: ids are consecutive and the chain has one order, whatever
-number of gateway and web processes append at once.
+number of gateway and web processes append at once. ``record_many`` appends several
+events in one such transaction (optionally with new rows they describe); the statements
+are built once per process, not per append.
 
 When the database cannot be reached, an event is not lost: it goes to a spool file (one
 per process, JSON lines, fsynced, under ``data_dir/audit-spool``) and is appended to the
@@ -29,22 +32,23 @@ import json
 import os
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import Executable, Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session as OrmSession
 
-from policy.models import AuditChainHead, AuditCheckpoint, AuditEvent, utcnow
+from policy.models import AuditChainHead, AuditCheckpoint, AuditEvent, Base, UTCDateTime, utcnow
 from recorder import chain
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -63,7 +67,7 @@ class CheckpointPolicy:
     every: int = 1000
     seconds: float = 300.0
 
-    def due(self, head: AuditChainHead, now: datetime) -> bool:
+    def due(self, head: Head, now: datetime) -> bool:
         if head.last_event_id <= head.checkpoint_event_id:
             return False  # nothing new to sign
         if head.last_event_id - head.checkpoint_event_id >= self.every:
@@ -115,19 +119,32 @@ class AuditLog:
         request_id: int | None = None,
         **detail: Any,
     ) -> None:
-        if not _TAG.match(tag):
-            raise ValueError(f"audit tag {tag!r} is not source:subject:action")
-        refs: dict[str, Any] = {
-            "actor": actor, "device": device, "session_id": session_id, "request_id": request_id
-        }  # fmt: skip
+        await self.record_many(
+            [Event(tag, actor=actor, device=device, session_id=session_id,
+                   request_id=request_id, detail=detail)]
+        )  # fmt: skip
+
+    async def record_many(self, events: Sequence[Event], *, rows: Sequence[Base] = ()) -> None:
+        """Append ``events`` in one transaction, each its own link, in order.
+
+        With ``rows`` (new ORM objects), those are inserted in the same transaction, just
+        after the head lock: all of it is written or none. Then an outage raises instead of
+        spooling, since an event about a row that was never written must not reach the
+        chain later. Without ``rows`` an outage spools every event of the batch."""
+        for event in events:
+            if not _TAG.match(event.tag):
+                raise ValueError(f"audit tag {event.tag!r} is not source:subject:action")
+        if not events:
+            return
         try:
-            await self._append(tag, refs, detail)
+            await self._append([(e.tag, e.refs(), e.detail) for e in events], rows)
         except (SQLAlchemyError, OSError) as exc:
-            if self._spool is None or isinstance(exc, _NOT_OUTAGES):
+            if self._spool is None or rows or isinstance(exc, _NOT_OUTAGES):
                 raise
-            self._spool.put(tag, refs, detail, self._clock())
-            log.warning("audit event spooled: the database is unreachable", tag=tag,
-                        error=str(exc), **refs, **detail)  # fmt: skip
+            self._spool.put_many([(e.tag, e.refs(), e.detail) for e in events], self._clock())
+            for event in events:
+                log.warning("audit event spooled: the database is unreachable", tag=event.tag,
+                            error=str(exc), **event.refs(), **event.detail)  # fmt: skip
 
     async def replay_spool(self) -> int:
         """Append spooled events to the chain (ours, and those of dead processes);
@@ -146,7 +163,7 @@ class AuditLog:
                 for entry in entries:
                     if entry["detail"]["spool_id"] in done:
                         continue
-                    await self._append(entry["tag"], entry["refs"], entry["detail"])
+                    await self._append([(entry["tag"], entry["refs"], entry["detail"])])
                     count += 1
                 path.unlink()
         if count:
@@ -162,38 +179,49 @@ class AuditLog:
             rows = await db.scalars(select(AuditEvent.detail).where(AuditEvent.at >= since))
             return {str(d["spool_id"]) for d in rows if isinstance(d, dict) and "spool_id" in d}
 
-    async def _append(self, tag: str, refs: dict[str, Any], detail: dict[str, Any]) -> None:
-        actor, device = refs["actor"], refs["device"]
-        session_id, request_id = refs["session_id"], refs["request_id"]
-        clean = chain.normalize(detail)
+    async def _append(
+        self, entries: list[tuple[str, dict[str, Any], dict[str, Any]]], rows: Sequence[Base] = ()
+    ) -> None:
+        """One transaction: lock the head, insert ``rows``, chain the entries, move the head
+        (signing a checkpoint where one falls due), commit."""
         async with self._sessions() as db:
-            head = await lock_head(db)
-            now = self._clock()
-            event_id = head.last_event_id + 1
+            checkpoints = await db.run_sync(self._append_sync, entries, rows)
+        for tag, refs, detail in entries:
+            log.info(tag, **refs, **detail)
+        for checkpoint in checkpoints:
+            _log_checkpoint(checkpoint)
+
+    def _append_sync(
+        self,
+        db: OrmSession,
+        entries: list[tuple[str, dict[str, Any], dict[str, Any]]],
+        rows: Sequence[Base],
+    ) -> list[AuditCheckpoint]:
+        head = lock_head(db)
+        if rows:
+            db.add_all(rows)
+            db.flush()
+        now = self._clock()
+        links, checkpoints = [], []
+        for tag, refs, detail in entries:
             fields: dict[str, Any] = {
-                "id": event_id,
-                "at": now,
-                "tag": tag,
-                "actor": actor,
-                "device": device,
-                "session_id": session_id,
-                "request_id": request_id,
-                "detail": clean,
-            }
+                "id": head.last_event_id + 1, "at": now, "tag": tag, **refs,
+                "detail": chain.normalize(detail),
+            }  # fmt: skip
             digest = chain.link_hash(
                 head.last_hash, chain.content_hash(chain.event_content(**fields))
             )
-            db.add(AuditEvent(**fields, prev_hash=head.last_hash, hash=digest))
-            head.last_event_id, head.last_hash, head.updated_at = event_id, digest, now
-            checkpoint = None
+            links.append({**fields, "prev_hash": head.last_hash, "hash": digest})
+            head.last_event_id, head.last_hash = fields["id"], digest
             if self._key is not None and self._policy.due(head, now):
-                checkpoint = self._checkpoint(db, head, now)
-            await db.commit()
-        log.info(
-            tag, actor=actor, device=device, session_id=session_id, request_id=request_id, **detail
-        )
-        if checkpoint is not None:
-            _log_checkpoint(checkpoint)
+                checkpoints.append(self._checkpoint(head, now))
+        conn = db.connection()
+        conn.execute(_INSERT_EVENT, links)
+        if checkpoints:
+            conn.execute(_INSERT_CHECKPOINT, [_checkpoint_row(c) for c in checkpoints])
+        conn.execute(_ADVANCE_HEAD, {**head.changes(signed=bool(checkpoints)), "updated_at": now})
+        db.commit()
+        return checkpoints
 
     async def checkpoint(self, force: bool = False) -> AuditCheckpoint | None:
         """Sign the chain's current end if a checkpoint is due (or, with ``force``,
@@ -201,15 +229,23 @@ class AuditLog:
         if self._key is None:
             return None
         async with self._sessions() as db:
-            head = await lock_head(db)
-            now = self._clock()
-            uncovered = head.last_event_id > head.checkpoint_event_id
-            if not (self._policy.due(head, now) or (force and uncovered)):
-                await db.rollback()
-                return None
-            checkpoint = self._checkpoint(db, head, now)
-            await db.commit()
-        _log_checkpoint(checkpoint)
+            checkpoint = await db.run_sync(self._checkpoint_sync, force)
+        if checkpoint is not None:
+            _log_checkpoint(checkpoint)
+        return checkpoint
+
+    def _checkpoint_sync(self, db: OrmSession, force: bool) -> AuditCheckpoint | None:
+        head = lock_head(db)
+        now = self._clock()
+        uncovered = head.last_event_id > head.checkpoint_event_id
+        if not (self._policy.due(head, now) or (force and uncovered)):
+            db.rollback()
+            return None
+        checkpoint = self._checkpoint(head, now)
+        conn = db.connection()
+        conn.execute(_INSERT_CHECKPOINT, [_checkpoint_row(checkpoint)])
+        conn.execute(_ADVANCE_HEAD, head.changes(signed=True))
+        db.commit()
         return checkpoint
 
     async def run_checkpoints(self, spool_interval: float = 1.0) -> None:
@@ -233,7 +269,8 @@ class AuditLog:
             await asyncio.sleep(spool_interval)
             waited += spool_interval
 
-    def _checkpoint(self, db: AsyncSession, head: AuditChainHead, now: datetime) -> AuditCheckpoint:
+    def _checkpoint(self, head: Head, now: datetime) -> AuditCheckpoint:
+        """Sign the head's end (the caller writes the checkpoint row and the head)."""
         assert self._key is not None
         number = head.checkpoints + 1
         message = chain.checkpoint_message(
@@ -247,41 +284,102 @@ class AuditLog:
             key_id=self._key_id,
             signature=chain.sign(self._key, message),
         )
-        db.add(checkpoint)
         head.checkpoints = number
         head.checkpoint_event_id, head.checkpoint_at = head.last_event_id, now
         return checkpoint
 
 
-async def lock_head(db: AsyncSession) -> AuditChainHead:
-    """Take the chain lock for this transaction and return the head row (created at the
-    genesis when missing). Must be the transaction's first statement."""
+@dataclass(frozen=True)
+class Event:
+    """One audit event to append (``AuditLog.record_many``)."""
+
+    tag: str
+    actor: str = ""
+    device: str | None = None
+    session_id: str | None = None
+    request_id: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def refs(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor, "device": self.device, "session_id": self.session_id,
+            "request_id": self.request_id,
+        }  # fmt: skip
+
+
+@dataclass
+class Head:
+    """The chain head as locked by this transaction."""
+
+    last_event_id: int
+    last_hash: str
+    checkpoints: int
+    checkpoint_event_id: int
+    checkpoint_at: datetime
+
+    def changes(self, signed: bool) -> dict[str, Any]:
+        """The columns to write back: the chain's end, and the checkpoint's when one was
+        signed (unchanged columns are left alone)."""
+        changed: dict[str, Any] = {"last_event_id": self.last_event_id, "last_hash": self.last_hash}
+        if signed:
+            changed.update(
+                checkpoints=self.checkpoints,
+                checkpoint_event_id=self.checkpoint_event_id,
+                checkpoint_at=self.checkpoint_at,
+            )
+        return changed
+
+
+# The statements of an append, built once (their compiled forms are cached by SQLAlchemy).
+_HEAD_TABLE = Base.metadata.tables[AuditChainHead.__tablename__]
+_HEAD_COLUMNS = [
+    _HEAD_TABLE.c[name]
+    for name in ("last_event_id", "last_hash", "checkpoints", "checkpoint_event_id",
+                 "checkpoint_at")
+]  # fmt: skip
+
+
+def _lock_statement(insert: Callable[[Table], Any]) -> Executable:
+    """``INSERT`` the genesis head ``ON CONFLICT DO UPDATE`` (a no-op write that locks the
+    existing row) ``RETURNING`` the head: the write lock and the read in one statement."""
+    genesis_at = bindparam("genesis_at", type_=UTCDateTime)
+    stmt = insert(_HEAD_TABLE).values(
+        id=HEAD_ID, last_event_id=0, last_hash=chain.GENESIS, checkpoints=0,
+        checkpoint_event_id=0, checkpoint_at=genesis_at, updated_at=genesis_at,
+    )  # fmt: skip
+    locked: Executable = stmt.on_conflict_do_update(
+        index_elements=[_HEAD_TABLE.c.id], set_={"id": stmt.excluded.id}
+    ).returning(*_HEAD_COLUMNS)
+    return locked
+
+
+_LOCK_HEAD = {
+    "postgresql": _lock_statement(postgresql.insert),
+    "sqlite": _lock_statement(sqlite.insert),
+}
+_INSERT_EVENT = insert(Base.metadata.tables[AuditEvent.__tablename__])
+_INSERT_CHECKPOINT = insert(Base.metadata.tables[AuditCheckpoint.__tablename__])
+_ADVANCE_HEAD = update(_HEAD_TABLE).where(_HEAD_TABLE.c.id == HEAD_ID)
+
+
+def _checkpoint_row(checkpoint: AuditCheckpoint) -> dict[str, Any]:
+    return {
+        "id": checkpoint.id, "event_id": checkpoint.event_id, "hash": checkpoint.hash,
+        "at": checkpoint.at, "key_id": checkpoint.key_id, "signature": checkpoint.signature,
+    }  # fmt: skip
+
+
+def lock_head(db: OrmSession) -> Head:
+    """Take the chain lock for this transaction and return the head (created at the
+    genesis when missing). Must be the transaction's first statement: on SQLite the
+    write takes the database write lock at once (never a read upgraded later); on
+    PostgreSQL the conflict update locks the row until commit."""
     dialect = db.get_bind().dialect.name
-    values = {
-        "id": HEAD_ID,
-        "last_event_id": 0,
-        "last_hash": chain.GENESIS,
-        "checkpoints": 0,
-        "checkpoint_event_id": 0,
-        "checkpoint_at": utcnow(),
-        "updated_at": utcnow(),
-    }
-    if dialect == "postgresql":
-        await db.execute(
-            postgresql.insert(AuditChainHead).values(**values).on_conflict_do_nothing()
-        )
-    elif dialect == "sqlite":
-        await db.execute(sqlite.insert(AuditChainHead).values(**values).on_conflict_do_nothing())
-    else:
+    stmt = _LOCK_HEAD.get(dialect)
+    if stmt is None:
         raise NotImplementedError(f"the audit chain does not support {dialect}")
-    head = await db.scalar(
-        select(AuditChainHead)
-        .where(AuditChainHead.id == HEAD_ID)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    assert head is not None
-    return head
+    row = db.connection().execute(stmt, {"genesis_at": utcnow()}).one()
+    return Head(*row)
 
 
 def _log_checkpoint(checkpoint: AuditCheckpoint) -> None:
@@ -305,15 +403,19 @@ class Spool:
         self._file: IO[str] | None = None
         self._path: Path | None = None
 
-    def put(self, tag: str, refs: dict[str, Any], detail: dict[str, Any], now: datetime) -> None:
+    def put_many(
+        self, entries: Sequence[tuple[str, dict[str, Any], dict[str, Any]]], now: datetime
+    ) -> None:
+        """Spool the entries in order, each on its own line, with one fsync."""
         if self._file is None:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._path = self.dir / f"{os.getpid()}-{uuid.uuid4().hex}.jsonl"
             self._file = self._path.open("a", encoding="utf-8")
             fcntl.flock(self._file, fcntl.LOCK_EX)
-        stamped = {**detail, "occurred_at": chain.iso(now), "spool_id": uuid.uuid4().hex}
-        line = json.dumps({"tag": tag, "refs": refs, "detail": chain.normalize(stamped)})
-        self._file.write(line + "\n")
+        for tag, refs, detail in entries:
+            stamped = {**detail, "occurred_at": chain.iso(now), "spool_id": uuid.uuid4().hex}
+            line = json.dumps({"tag": tag, "refs": refs, "detail": chain.normalize(stamped)})
+            self._file.write(line + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
 
