@@ -10,8 +10,10 @@ credential secret *as stored* (encrypted), and the pinned host key. Any change i
 inventory makes a new connection; the old one serves its open channels and then expires.
 
 Limits: at most ``upstream_max_channels`` channels per connection (OpenSSH's sshd allows
-10 by default, ``MaxSessions``), and a device that refuses a channel on a busy connection
-caps that connection where it is, the session going to another one. A connection without
+10 by default, ``MaxSessions``), and a device that refuses a channel on a kept connection
+caps that connection where it is, the session going to another one (sshd counts a
+session until its command exits, even after the gateway closed the channel: a revoked
+``sleep 600`` still holds its slot). A connection without
 channels is closed after ``upstream_idle_seconds``. A lost connection leaves the pool at
 once; its channels end as they do when any device goes away.
 
@@ -147,7 +149,11 @@ class DevicePool:
                     "device refused a channel", code=exc.code, reason=exc.reason, others=others
                 )
                 self._release(entry)
-                if others and exc.code in FULL_CODES:  # a full connection: try another
+                # A full connection: try another. Full can mean channels this pool has
+                # already closed: sshd keeps a session (and its MaxSessions slot) until
+                # the command exits, so a kept connection with none of ours open can be
+                # full too. Only a fresh connection's refusal is the device's answer.
+                if exc.code in FULL_CODES and (others or not made):
                     entry.limit = min(entry.limit, entry.channels)
                     continue
                 raise _refused(device, exc) from None

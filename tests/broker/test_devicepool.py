@@ -88,7 +88,9 @@ class Held:
 
 
 @contextlib.asynccontextmanager
-async def holding(vendor: VendorLogin, count: int) -> AsyncIterator[list[Held]]:
+async def holding(
+    vendor: VendorLogin, count: int, command: str = LOOP
+) -> AsyncIterator[list[Held]]:
     """``count`` live sessions to pump-12, opened one after another (each its own code)."""
     held: list[Held] = []
     try:
@@ -99,7 +101,7 @@ async def holding(vendor: VendorLogin, count: int) -> AsyncIterator[list[Held]]:
                 port=vendor.gateway.port,
                 user=f"{vendor.login}:pump-12",
                 identity=vendor.identity,
-                command=LOOP,
+                command=command,
             )
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -248,6 +250,24 @@ async def test_a_killed_session_leaves_the_other_on_the_connection_working(
     async with db() as s:
         reasons = sorted(str(r.end_reason) for r in await s.scalars(select(Session)))
     assert reasons == ["exit", "exit", "vendor-disconnect"]
+
+
+async def test_commands_outliving_their_channels_do_not_block_new_sessions(
+    vendor: VendorLogin, pump: Device, db: Sessions, gateway: Gateway, sshd_device: SshdDevice
+) -> None:
+    """sshd keeps a session (and its MaxSessions slot) until its command exits, even once
+    the gateway closed the channel: ten vendors gone from ``sleep`` commands fill the
+    connection from the device's side while the pool counts none. The next session goes
+    to a new connection instead of being refused."""
+    await grant(db, devices=["pump-12"])
+    async with holding(vendor, 10, "echo ready; exec sleep 60") as held:  # each said ready
+        assert [c.channels for c in gateway.ctx.devices.connections()] == [10]
+        for h in held:
+            h.kill()
+        await until(lambda: gateway.ctx.devices.connections()[0].channels == 0, "all closed")
+    after = await vendor.ssh("pump-12", "echo after")
+    assert (after.returncode, after.stdout) == (0, b"after\n")
+    assert logins(sshd_device) == 2
 
 
 @pytest.mark.parametrize(
