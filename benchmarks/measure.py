@@ -126,13 +126,15 @@ def revocation(rig: Rig, runs: int) -> Sample:
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
                 start_new_session=True,
             )
             try:
-                assert proc.stdout is not None
+                assert proc.stdout is not None and proc.stderr is not None
                 if proc.stdout.readline() != b"live\n":
-                    raise MeasurementError("the session to revoke never started")
+                    proc.kill()
+                    said = proc.stderr.read().decode(errors="replace").strip()
+                    raise MeasurementError(f"the session to revoke never started: {said!r}")
                 with engine.begin() as conn:
                     conn.execute(
                         text(
@@ -154,8 +156,9 @@ def revocation(rig: Rig, runs: int) -> Sample:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-                if proc.stdout is not None:
-                    proc.stdout.close()
+                for stream in (proc.stdout, proc.stderr):
+                    if stream is not None:
+                        stream.close()
     finally:
         engine.dispose()
     return result
