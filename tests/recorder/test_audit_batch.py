@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,33 +11,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from policy.config import Settings
-from policy.db import create_engine, session_factory
-from policy.keyfiles import load_signing_key
-from policy.models import AuditChainHead, AuditCheckpoint, AuditEvent, Vendor
+from policy.models import AuditChainHead, AuditCheckpoint, Vendor
 from recorder import chain
 from recorder.audit import AuditLog, CheckpointPolicy, Event
 from recorder.verify import verify_chain
+from tests.recorder.test_audit_spool import chained
 
 Sessions = async_sessionmaker[AsyncSession]
-
-
-@pytest.fixture
-def key(settings: Settings) -> Ed25519PrivateKey:
-    return load_signing_key(settings.audit_key_path)
-
-
-@pytest.fixture
-async def unreachable() -> AsyncIterator[Sessions]:
-    """A database that does not answer: PostgreSQL on a port nobody listens on."""
-    engine = create_engine("postgresql+asyncpg://postgres@127.0.0.1:9/none")
-    yield session_factory(engine)
-    await engine.dispose()
-
-
-async def chained(db: Sessions) -> list[AuditEvent]:
-    async with db() as s:
-        return list(await s.scalars(select(AuditEvent).order_by(AuditEvent.id)))
 
 
 async def checkpoints(db: Sessions) -> list[AuditCheckpoint]:

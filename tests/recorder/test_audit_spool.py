@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,27 +12,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from policy.config import Settings
-from policy.db import create_engine, session_factory
-from policy.keyfiles import load_signing_key
 from policy.models import AuditChainHead, AuditEvent
 from recorder.audit import AuditLog
 from recorder.verify import verify_chain
 
 Sessions = async_sessionmaker[AsyncSession]
-
-
-@pytest.fixture
-def key(settings: Settings) -> Ed25519PrivateKey:
-    return load_signing_key(settings.audit_key_path)
-
-
-@pytest.fixture
-async def unreachable(tmp_path: Path) -> AsyncIterator[Sessions]:
-    """A database that does not answer: PostgreSQL on a port nobody listens on."""
-    engine = create_engine("postgresql+asyncpg://postgres@127.0.0.1:9/none")
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 async def chained(db: Sessions) -> list[AuditEvent]:
