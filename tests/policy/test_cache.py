@@ -280,7 +280,7 @@ async def test_without_a_readable_generation_nothing_is_kept(
             raise OSError("database unreachable")
 
         async def close(self) -> None:
-            pass
+            """Nothing was opened."""
 
     cache = PolicyCache(db, Broken())
     grants = await cache.grants(ids.user_id)
