@@ -66,12 +66,29 @@ class Settings:
     notify_email_to: tuple[str, ...] = ()  # staff addresses told of every workflow event
     notify_webhooks: tuple[str, ...] = ()  # URLs that get a JSON POST per event
     notify_webhook_secret: str = ""  # when set, each POST carries an HMAC-SHA256 signature
+    browser_host: str = "127.0.0.1"  # the browser door (WebSocket at /door) of the gateway
+    browser_port: int = 8022
+    browser_public_url: str = ""  # empty: ws://{gateway_public_host}:{browser_port}/door
+    observer_for_life_sustaining: bool = True  # life-sustaining devices need a staff observer
 
     def __post_init__(self) -> None:
         if self.upstream_max_channels < 1:
             raise ConfigError("config-invalid", "gateway.upstream_max_channels: at least 1")
         if self.upstream_idle_seconds < 0:
             raise ConfigError("config-invalid", "gateway.upstream_idle_seconds: not negative")
+
+    def browser_door_url(self) -> str:
+        """The WebSocket URL the portal gives browsers for the gateway's browser door."""
+        return self.browser_public_url or (
+            f"ws://{self.gateway_public_host}:{self.browser_port}/door"
+        )
+
+    def portal_origin(self) -> str:
+        """The portal's origin: the only Origin the browser door accepts (no CSWSH)."""
+        if self.web_public_url:
+            scheme, _, rest = self.web_public_url.partition("://")
+            return f"{scheme}://{rest.split('/', 1)[0]}".lower()
+        return f"http://{self.web_host}:{self.web_port}"
 
     @property
     def keys_dir(self) -> Path:
@@ -138,6 +155,10 @@ _FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("notify", "email_to"): ("notify_email_to", tuple),
     ("notify", "webhooks"): ("notify_webhooks", tuple),
     ("notify", "webhook_secret"): ("notify_webhook_secret", str),
+    ("gateway", "browser_host"): ("browser_host", str),
+    ("gateway", "browser_port"): ("browser_port", int),
+    ("gateway", "browser_public_url"): ("browser_public_url", str),
+    ("session", "observer_for_life_sustaining"): ("observer_for_life_sustaining", bool),
     ("audit", "checkpoint_every"): ("audit_checkpoint_every", int),
     ("audit", "checkpoint_seconds"): ("audit_checkpoint_seconds", float),
     ("log", "format"): ("log_format", str),
