@@ -82,9 +82,7 @@ def upgrade() -> None:
     for table in ("grant", "session"):
         op.add_column(
             table,
-            sa.Column(
-                "observer_required", sa.Boolean(), nullable=False, server_default=sa.false()
-            ),
+            sa.Column("observer_required", sa.Boolean(), nullable=False, server_default=sa.false()),
         )
 
 
