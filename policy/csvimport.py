@@ -7,9 +7,11 @@ spreadsheet is enough; only a clean file is written, in one transaction.
 Columns (header names, any order, case-blind): name, segment, address, criticality,
 manufacturer, model, firmware, location, asset_tag, services (``ssh:22;https:443``), and
 optionally maintenance (``mon-fri 06:00-18:00 America/Chicago``, several separated by
-``;``). Without a maintenance column, existing devices keep their windows; an empty cell
-in it clears them. Credentials and host keys never come from a file: they are set per
-device.
+``;``) and observer_required (empty: by criticality, ``true``: sessions always need a
+staff observer, ``false``: never; ``policy.moderation``). Without a maintenance column,
+existing devices keep their windows; an empty cell in it clears them. Without an
+observer_required column, existing devices keep their rule. Credentials and host keys
+never come from a file: they are set per device.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -38,10 +40,11 @@ from policy.inventory import (
     sync_services,
 )
 from policy.models import Criticality, Device, DeviceService, Segment, utcnow
+from policy.moderation import parse_observer_rule
 from policy.vault import Vault
 
 REQUIRED = ("name", "segment", "address", "criticality", *RECORD_FIELDS, "services")
-OPTIONAL = ("maintenance",)
+OPTIONAL = ("maintenance", "observer_required")
 REFUSED = "policy:device:refused"
 MAX_ERRORS_AUDITED = 20
 
@@ -63,6 +66,8 @@ class _Row:
     record: dict[str, str]
     services: list[admin.ServiceSpec]
     maintenance: list[dict[str, Any]] | None  # None: no maintenance column
+    observer: bool | None = None  # device.observer_required
+    has_observer: bool = False  # the file has an observer_required column
 
 
 def _header(fields: list[str]) -> tuple[list[str], list[tuple[int, str]]]:
@@ -146,10 +151,13 @@ def _check_row(
     level = c.check("criticality", criticality)
     services = c.check("services", lambda s: parse_services(p for p in s.split(";") if p.strip()))
     maintenance = c.check("maintenance", _maintenance) if "maintenance" in values else None
+    has_observer = "observer_required" in values
+    observer = c.check("observer_required", parse_observer_rule) if has_observer else None
     record = c.check_all(lambda: check_record({k: values[k] for k in RECORD_FIELDS}))
     if c.errors:
         return None, c.errors
-    return _Row(line, name, seg, address, level, record, services, maintenance), []
+    row = _Row(line, name, seg, address, level, record, services, maintenance)
+    return replace(row, observer=observer, has_observer=has_observer), []
 
 
 def check_csv(text: str, segments: dict[str, Segment]) -> tuple[list[_Row], list[tuple[int, str]]]:
@@ -185,7 +193,13 @@ def check_csv(text: str, segments: dict[str, Segment]) -> tuple[list[_Row], list
 
 def _update(device: Device, row: _Row) -> bool:
     """Bring an existing device in line with its row; was anything different?"""
-    before = (device.segment_id, device.address, device.criticality, device.maintenance_windows)
+    before = (
+        device.segment_id,
+        device.address,
+        device.criticality,
+        device.maintenance_windows,
+        device.observer_required,
+    )
     record_before = {k: getattr(device, k) for k in RECORD_FIELDS}
     device.segment = row.segment
     device.address = row.address
@@ -194,8 +208,16 @@ def _update(device: Device, row: _Row) -> bool:
         setattr(device, key, value)
     if row.maintenance is not None:
         device.maintenance_windows = row.maintenance
+    if row.has_observer:
+        device.observer_required = row.observer
     service_changes = sync_services(device, row.services)
-    after = (row.segment.id, device.address, device.criticality, device.maintenance_windows)
+    after = (
+        row.segment.id,
+        device.address,
+        device.criticality,
+        device.maintenance_windows,
+        device.observer_required,
+    )
     return before != after or record_before != row.record or bool(service_changes)
 
 
@@ -207,6 +229,7 @@ def _new(row: _Row, now: datetime) -> Device:
         criticality=row.criticality,
         services=[DeviceService(name=s.name, port=s.port) for s in row.services],
         maintenance_windows=row.maintenance or [],
+        observer_required=row.observer,
         created_at=now,
         updated_at=now,
         **row.record,

@@ -25,6 +25,7 @@ from policy import admin
 from policy.actor import Actor, AuditSink, refusals_recorded, require_staff
 from policy.errors import Conflict, Forbidden, InvalidInput, NotFound
 from policy.models import Criticality, Device, DeviceService, Segment, StaffUser, Vendor
+from policy.moderation import observer_rule, parse_observer_rule
 from policy.sshkeys import parse_public_key
 from policy.vault import DEVICE_CREDENTIAL, Vault
 from policy.windows import Weekly
@@ -175,6 +176,8 @@ class DeviceInput:
     address: str
     criticality: str | Criticality = Criticality.MEDIUM
     services: list[str | admin.ServiceSpec] = field(default_factory=list)  # "ssh:22"
+    # sessions need a staff observer: "criticality", "always", "never" (policy.moderation)
+    observer: str | bool | None = None
     maintenance: list[WindowSpec] = field(default_factory=list)
     record: dict[str, str] = field(default_factory=dict)  # manufacturer, model, ...
     host_key: str | None = None
@@ -188,6 +191,7 @@ class DeviceChanges:
     segment: str | None = None
     address: str | None = None
     criticality: str | Criticality | None = None
+    observer: str | None = None  # "criticality", "always" or "never"; None: as it is
     services: list[str | admin.ServiceSpec] | None = None
     maintenance: list[WindowSpec] | None = None
     record: dict[str, str] | None = None
@@ -241,6 +245,7 @@ async def create_device(
             segment=await _segment(db, data.segment),
             address=admin.check_address(data.address),
             criticality=parse_criticality(data.criticality),
+            observer_required=parse_observer_rule(data.observer),
             services=[
                 DeviceService(name=s.name, port=s.port) for s in parse_services(data.services)
             ],
@@ -261,6 +266,7 @@ async def create_device(
         segment=device.segment.name,
         address=device.address,
         criticality=str(device.criticality),
+        observer=observer_rule(device.observer_required),
         services=[f"{s.name}:{s.port}" for s in device.services],
         maintenance=[Weekly.parse(w).describe() for w in device.maintenance_windows],
         credential=device.credential_username,
@@ -283,6 +289,8 @@ def _apply_changes(device: Device, changes: DeviceChanges, segment: Segment | No
         put("address", admin.check_address(changes.address))
     if changes.criticality is not None:
         put("criticality", parse_criticality(changes.criticality))
+    if changes.observer is not None:
+        put("observer_required", parse_observer_rule(changes.observer))
     if changes.maintenance is not None:
         put("maintenance_windows", parse_windows(changes.maintenance))
     for key, value in check_record(changes.record or {}).items():
@@ -327,6 +335,7 @@ async def update_device(
         changed=changed,
         services=service_changes,
         criticality=str(device.criticality),
+        observer=observer_rule(device.observer_required),
         maintenance=[Weekly.parse(w).describe() for w in device.maintenance_windows],
     )
     return device
@@ -338,6 +347,8 @@ def _check_changes(changes: DeviceChanges) -> None:
         admin.check_address(changes.address)
     if changes.criticality is not None:
         parse_criticality(changes.criticality)
+    if changes.observer is not None:
+        parse_observer_rule(changes.observer)
     if changes.maintenance is not None:
         parse_windows(changes.maintenance)
     check_record(changes.record or {})

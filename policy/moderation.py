@@ -11,7 +11,11 @@ asks, the front doors act.
 
 from __future__ import annotations
 
+from policy.errors import InvalidInput
 from policy.models import Criticality
+
+# a device's rule as people and forms say it, and as the column stores it
+OBSERVER_RULES: dict[str, bool | None] = {"criticality": None, "always": True, "never": False}
 
 
 def observer_required(
@@ -33,3 +37,23 @@ def observer_required(
 def input_allowed(required: bool, observers: int) -> bool:
     """May the vendor's input reach the device now?"""
     return not required or observers > 0
+
+
+def parse_observer_rule(text: str | bool | None) -> bool | None:
+    """A device's rule from a form, CSV cell or API value: "criticality" (or "" / None),
+    "always" (true) or "never" (false)."""
+    if text is None or isinstance(text, bool):
+        return text
+    word = text.strip().lower()
+    words = {"": None, "true": True, "false": False, **OBSERVER_RULES}
+    if word not in words:
+        allowed = ", ".join(OBSERVER_RULES)
+        raise InvalidInput(
+            "observer-invalid", f"observer rule {text!r} is not one of {allowed}, true, false"
+        )
+    return words[word]
+
+
+def observer_rule(flag: bool | None) -> str:
+    """The device's stored flag as its rule's name."""
+    return next(word for word, value in OBSERVER_RULES.items() if value is flag)

@@ -32,6 +32,7 @@ from policy import admin as policy_admin
 from policy import inventory, requests_view
 from policy.errors import InvalidInput, PolicyError
 from policy.models import CredentialKind, Criticality, Device, Segment, Vendor, vendor_device
+from policy.moderation import observer_rule
 from policy.sshkeys import parse_public_key
 from policy.windows import Weekly
 from web.admin import describe_changes, lines, not_found, refused, secret, status, text, when
@@ -41,12 +42,18 @@ from web.render import flash, redirect, render
 
 EDITORS = ("admin", "biomed")  # policy.inventory.DEVICE_EDITORS
 CRITICALITIES = [c.value for c in Criticality]
+OBSERVER_CHOICES = {  # policy.moderation.OBSERVER_RULES, said for people
+    "criticality": "By criticality (life-sustaining devices, when the gateway's setting is on)",
+    "always": "Always: every session waits for a staff observer",
+    "never": "Never",
+}
 LIST_LIMIT = 500  # devices shown at once; the search narrows a bigger inventory
 FIELDS = (
     "name",
     "segment",
     "address",
     "criticality",
+    "observer",
     *inventory.RECORD_FIELDS,
     "services",
     "maintenance",
@@ -150,6 +157,7 @@ def _values(device: Device) -> dict[str, str]:
         "segment": device.segment.name,
         "address": device.address,
         "criticality": str(device.criticality),
+        "observer": observer_rule(device.observer_required),
         **{key: getattr(device, key) for key in inventory.RECORD_FIELDS},
         "services": "\n".join(services(device)),
         "maintenance": "\n".join(windows(device)),
@@ -214,6 +222,7 @@ async def _form_page(
         editing=editing,
         segments=segments,
         criticalities=CRITICALITIES,
+        observer_rules=OBSERVER_CHOICES,
         record_fields=inventory.RECORD_FIELDS,
     )
 
@@ -222,6 +231,7 @@ async def _form_page(
 async def device_new(request: web.Request) -> web.StreamResponse:
     blank = {name: "" for name in FIELDS}
     blank["criticality"] = Criticality.MEDIUM.value
+    blank["observer"] = "criticality"
     return await _form_page(request, blank, editing=False)
 
 
@@ -237,6 +247,7 @@ async def device_create(request: web.Request) -> web.StreamResponse:
             segment=values["segment"],
             address=values["address"],
             criticality=values["criticality"],
+            observer=values["observer"] or "criticality",
             services=list(service_lines),
             maintenance=list(window_lines),
             record={key: values[key] for key in inventory.RECORD_FIELDS},
@@ -283,6 +294,7 @@ def _facts(device: Device) -> dict[str, str]:
         "segment": device.segment.name,
         "address": device.address,
         "criticality": str(device.criticality),
+        "staff observer": OBSERVER_CHOICES[observer_rule(device.observer_required)],
         **{key.replace("_", " "): getattr(device, key) for key in inventory.RECORD_FIELDS},
         "services": ", ".join(services(device)),
         "maintenance windows": "; ".join(windows(device)),
@@ -301,6 +313,7 @@ def _changes(
         segment=sent.get("segment"),
         address=sent.get("address"),
         criticality=sent.get("criticality"),
+        observer=sent.get("observer"),
         services=list(service_lines) if "services" in sent else None,
         maintenance=list(window_lines) if "maintenance" in sent else None,
         record={key: sent[key] for key in inventory.RECORD_FIELDS if key in sent},

@@ -20,6 +20,7 @@ from sqlalchemy.orm import selectinload
 from policy import admin, csvimport, inventory, requests_view, workflow
 from policy.errors import InvalidInput, NotFound
 from policy.models import CredentialKind, Criticality, Device
+from policy.moderation import observer_rule
 from policy.windows import Weekly
 from web.api_base import maybe_stamp, stamp
 from web.api_input import (
@@ -51,11 +52,20 @@ SERVICE: Schema = obj(
         "port": {"type": "integer", "minimum": 1, "maximum": 65535},
     }
 )
+OBSERVER: Schema = nullable(
+    {
+        "type": "boolean",
+        "description": "sessions need a staff observer before input reaches the device: "
+        "true always, false never, null by criticality (life-sustaining devices, when the "
+        "gateway's setting observer_for_life_sustaining is on)",
+    }
+)
 DEVICE: Schema = obj(
     {
         "name": text(),
         "segment": text(),
         "criticality": {"type": "string", "enum": CRITICALITIES},
+        "observer_required": OBSERVER,
         "manufacturer": text(),
         "model": text(),
         "firmware": text(),
@@ -100,6 +110,7 @@ def device_json(device: Device, *, staff: bool) -> dict[str, Any]:
         "name": device.name,
         "segment": device.segment.name,
         "criticality": str(device.criticality),
+        "observer_required": device.observer_required,
         "manufacturer": device.manufacturer,
         "model": device.model,
         "firmware": device.firmware,
@@ -189,6 +200,7 @@ async def create_device(request: web.Request, call: Call) -> web.StreamResponse:
         segment=body["segment"],
         address=body["address"],
         criticality=body.get("criticality", Criticality.MEDIUM),
+        observer=body.get("observer_required"),
         services=_services(body.get("services", [])),
         maintenance=body.get("maintenance", []),
         record=_record(body),
@@ -212,6 +224,8 @@ async def update_device(request: web.Request, call: Call) -> web.StreamResponse:
         segment=body.get("segment"),
         address=body.get("address"),
         criticality=body.get("criticality"),
+        # absent: keep the rule; null: by criticality
+        observer=observer_rule(body["observer_required"]) if "observer_required" in body else None,
         services=_services(body["services"]) if "services" in body else None,
         maintenance=body.get("maintenance"),
         record=_record(body) or None,
@@ -270,6 +284,7 @@ _DEVICE_FIELDS = (
     Field("segment", text(minLength=1, maxLength=100)),
     Field("address", text("an IP address (never a DNS name)", maxLength=64)),
     Field("criticality", {"type": "string", "enum": CRITICALITIES}),
+    Field("observer_required", OBSERVER),
     Field("services", _SERVICES),
     Field("maintenance", _MAINTENANCE),
     *_RECORD,

@@ -6,8 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from policy.errors import InvalidInput
 from policy.models import Criticality
-from policy.moderation import input_allowed, observer_required
+from policy.moderation import (
+    OBSERVER_RULES,
+    input_allowed,
+    observer_required,
+    observer_rule,
+    parse_observer_rule,
+)
 
 CRITICALITIES = st.sampled_from(list(Criticality))
 FLAGS = st.sampled_from([None, True, False])
@@ -65,3 +72,29 @@ def test_input_flows_unmoderated_or_watched(required: bool, observers: int) -> N
     assert input_allowed(required, observers) is (not required or observers >= 1)
     assert input_allowed(False, observers)
     assert not input_allowed(True, 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "flag"),
+    [
+        ("criticality", None),
+        ("", None),
+        (None, None),
+        ("always", True),
+        ("TRUE", True),
+        (True, True),
+        ("never", False),
+        (" false ", False),
+        (False, False),
+    ],
+)
+def test_a_device_rule_from_words(text: str | bool | None, flag: bool | None) -> None:
+    assert parse_observer_rule(text) is flag
+
+
+def test_a_device_rule_round_trips_and_refuses_other_words() -> None:
+    for word, flag in OBSERVER_RULES.items():
+        assert observer_rule(flag) == word and parse_observer_rule(word) is flag
+    with pytest.raises(InvalidInput) as refused:
+        parse_observer_rule("sometimes")
+    assert refused.value.code == "observer-invalid"

@@ -352,7 +352,7 @@ async def test_the_sample_file_is_the_header_the_import_reads(client: Client, cs
     assert resp.status == 200
     assert resp.content_type == "text/csv"
     assert "attachment" in resp.headers["Content-Disposition"]
-    assert (await resp.text()).strip() == HEADER
+    assert (await resp.text()).strip() == HEADER + ",observer_required"
 
 
 async def test_a_good_file_creates_and_updates_devices(
@@ -770,3 +770,98 @@ async def test_a_token_works_as_bearer_until_it_is_revoked(
     assert [d["reason"] for _t, _a, d in await audit_events("web:token:refused")] == [
         "token-invalid"
     ]
+
+
+# --- the staff-observer rule (device.observer_required) -----------------------------------
+
+
+async def observer_of(db: async_sessionmaker[AsyncSession], name: str) -> bool | None:
+    device = await load(db, name)
+    assert device is not None
+    return device.observer_required
+
+
+async def test_the_device_form_sets_the_rule_three_ways(
+    client: Client,
+    csrf: str,
+    db: async_sessionmaker[AsyncSession],
+    vault: Vault,
+    audit_events: AuditEvents,
+) -> None:
+    await seed(db, vault)
+    form = await shown(await client.get("/admin/devices/new"))
+    assert '<option value="criticality" selected>By criticality' in form
+    resp = await client.post(
+        "/admin/devices",
+        data={
+            "_csrf": csrf,
+            "name": "vent-2",
+            "segment": "icu",
+            "address": "10.20.0.22",
+            "criticality": "high",
+            "observer": "always",
+            "services": "ssh:22",
+        },
+    )
+    assert resp.url.path == "/admin/devices"
+    assert await observer_of(db, "vent-2") is True
+    edit = await shown(await client.get("/admin/devices/vent-2/edit"))
+    assert '<option value="always" selected>Always' in edit
+
+    resp = await client.post(
+        "/admin/devices/vent-2/edit", data={"_csrf": csrf, "observer": "never"}
+    )
+    assert "Changed staff observer: Always" in await shown(resp)
+    assert await observer_of(db, "vent-2") is False
+    await client.post("/admin/devices/vent-2/edit", data={"_csrf": csrf, "observer": "criticality"})
+    assert await observer_of(db, "vent-2") is None
+    # a form without the field leaves the rule alone
+    await client.post("/admin/devices/vent-2/edit", data={"_csrf": csrf, "observer": "always"})
+    await client.post("/admin/devices/vent-2/edit", data={"_csrf": csrf, "location": "ICU 2"})
+    assert await observer_of(db, "vent-2") is True
+
+    bad = await client.post("/admin/devices/vent-2/edit", data={"_csrf": csrf, "observer": "often"})
+    assert bad.status == 400
+    assert "observer rule 'often' is not one of criticality, always, never" in await shown(bad)
+    created = await audit_events("policy:device:created")
+    assert [d["observer"] for _t, _a, d in created] == ["always"]
+    updated = await audit_events("policy:device:updated")
+    assert "observer_required" in updated[0][2]["changed"]
+
+
+@pytest.mark.parametrize(("cell", "expected"), [("", None), ("true", True), ("FALSE", False)])
+async def test_the_csv_import_reads_the_optional_column(
+    client: Client,
+    csrf: str,
+    db: async_sessionmaker[AsyncSession],
+    vault: Vault,
+    cell: str,
+    expected: bool | None,
+) -> None:
+    await seed(db, vault)
+    body = "\r\n".join(
+        [
+            HEADER + ",observer_required",
+            f"vent-4,icu,10.20.0.24,life-sustaining,Acme,V,1,ICU,T-4,ssh:22,,{cell}",
+            "",
+        ]
+    )
+    assert "Import done: 1 created" in await shown(await upload(client, csrf, body))
+    assert await observer_of(db, "vent-4") is expected
+
+
+async def test_the_csv_import_keeps_the_rule_without_the_column_and_names_bad_cells(
+    client: Client, csrf: str, db: async_sessionmaker[AsyncSession], vault: Vault
+) -> None:
+    await seed(db, vault)
+    row = "pump-1,icu,10.20.0.11,high,Infusia,A1,2.0,ICU bed 1,T-1,ssh:22,"
+    with_column = "\r\n".join([HEADER + ",observer_required", row + ",true", ""])
+    assert "1 updated" in await shown(await upload(client, csrf, with_column))
+    assert await observer_of(db, "pump-1") is True
+    without = "\r\n".join([HEADER, row, ""])
+    await upload(client, csrf, without)
+    assert await observer_of(db, "pump-1") is True
+    bad = "\r\n".join([HEADER + ",observer_required", row + ",sometimes", ""])
+    page = await shown(await upload(client, csrf, bad))
+    assert "line 2" in page.lower() and "observer_required: observer rule 'sometimes'" in page
+    assert await observer_of(db, "pump-1") is True

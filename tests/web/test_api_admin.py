@@ -430,3 +430,35 @@ async def test_admins_make_list_and_revoke_api_tokens(
         ("policy:token:refused", "token-revoked"),
         ("policy:token:refused", "token-unknown"),
     ]
+
+
+async def test_the_api_reads_and_writes_the_rule(world: Admin) -> None:
+    api = world.api
+    listed = await api.call("ada", "GET", "/api/v1/devices/pump-12")
+    assert listed.status == 200 and listed.body["observer_required"] is None
+    changed = await api.call(
+        "bea", "PATCH", "/api/v1/devices/pump-12", json={"observer_required": True}
+    )
+    assert changed.status == 200 and changed.body["observer_required"] is True
+    kept = await api.call("bea", "PATCH", "/api/v1/devices/pump-12", json={"location": "ICU 7"})
+    assert kept.body["observer_required"] is True  # absent: as it was
+    cleared = await api.call(
+        "bea", "PATCH", "/api/v1/devices/pump-12", json={"observer_required": None}
+    )
+    assert cleared.body["observer_required"] is None  # null: by criticality
+    bad = await api.call("bea", "PATCH", "/api/v1/devices/pump-12", json={"observer_required": 1})
+    assert bad.status == 400
+    created = await api.call(
+        "ada",
+        "POST",
+        "/api/v1/devices",
+        json={
+            "name": "vent-9",
+            "segment": "icu",
+            "address": "10.0.0.9",
+            "observer_required": False,
+        },
+    )
+    assert created.status == 201 and created.body["observer_required"] is False
+    as_vendor = await api.call("vendor1", "GET", "/api/v1/devices/pump-12")
+    assert as_vendor.body["observer_required"] is None  # vendors see if sessions are moderated
