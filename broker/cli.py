@@ -177,6 +177,11 @@ def _admin_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         " (an end before the start runs past midnight)",
     )
     p.add_argument("--approved-by", default=None)
+    p.add_argument(
+        "--moderated",
+        action="store_true",
+        help="sessions take input only while a biomed or security observer watches",
+    )
     p.set_defaults(func=cmd_grant_add)
 
 
@@ -494,6 +499,7 @@ def cmd_grant_add(args: argparse.Namespace) -> int:
             approved_by=args.approved_by or f"cli:{getpass.getuser()}",
             transfers=args.transfers,
             recurrence=args.recurring,
+            observer_required=args.moderated,
         ),
         "policy:grant:add",
         login=args.login,
@@ -503,11 +509,13 @@ def cmd_grant_add(args: argparse.Namespace) -> int:
         window=[start.isoformat(), end.isoformat()],
         transfers=args.transfers,
         recurrence=args.recurring.to_json() if args.recurring else None,
+        observer_required=args.moderated,
     )
     weekly = f", recurring {args.recurring.describe()}" if args.recurring else ""
+    moderated = ", moderated (needs a staff observer)" if args.moderated else ""
     print(
         f"grant {grant.id} for {args.login} on {', '.join(args.device)} "
-        f"({grant.ticket_ref}) {start:%Y-%m-%d %H:%M}Z - {end:%Y-%m-%d %H:%M}Z{weekly}"
+        f"({grant.ticket_ref}) {start:%Y-%m-%d %H:%M}Z - {end:%Y-%m-%d %H:%M}Z{weekly}{moderated}"
     )
     return 0
 

@@ -203,8 +203,10 @@ async def add_grant(
     approved_by: str,
     transfers: str = "read-write",
     recurrence: Weekly | None = None,
+    observer_required: bool = False,
 ) -> Grant:
     """An approved grant made by an administrator (the web workflow makes them from requests).
+    With ``observer_required`` its sessions are moderated (``policy.moderation``).
 
     With ``recurrence`` sessions may run only inside its occurrences within [start, end);
     a window that holds none, or too many to check, is refused.
@@ -254,6 +256,7 @@ async def add_grant(
         approved_by=approved_by,
         transfers=transfers,
         recurrence=recurrence.to_json() if recurrence is not None else None,
+        observer_required=observer_required,
         devices=found,
     )
     db.add(grant)

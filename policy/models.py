@@ -310,6 +310,8 @@ class Approval(Base):
     # SHA-256 of the request content approved (ticket, devices, services, window, recurrence)
     binding: Mapped[str] = mapped_column(String(64), default="")
     comment: Mapped[str] = mapped_column(Text, default="")
+    # the approver asked for a staff observer: the grant this leads to is moderated
+    observer_required: Mapped[bool] = mapped_column(default=False, server_default=false())
     decided_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     request: Mapped[AccessRequest] = relationship(back_populates="approvals")

@@ -641,11 +641,13 @@ async def approve(
     end: datetime | None = None,
     services: Sequence[str] | None = None,
     override_reason: str | None = None,
+    observer_required: bool = False,
     now: datetime,
 ) -> ApprovalOutcome:
     """Approve a pending request as ``role``, perhaps shortening its window or dropping
     services (which makes a new revision the other approvals must see again). The last
-    approval the rules need creates the grant."""
+    approval the rules need creates the grant; it requires a staff observer
+    (``policy.moderation``) when any approval of its content asked for one."""
     async with refusals_recorded(
         db, audit, actor, REQUEST_REFUSED, action="approve", request_id=request_id, role=role
     ):
@@ -674,6 +676,7 @@ async def approve(
             decision=APPROVE,
             binding=plan.binding,
             comment=comment.strip(),
+            observer_required=observer_required,
             decided_at=now,
         )
     )
@@ -689,6 +692,11 @@ async def approve(
             window_end=plan.end,
             recurrence=req.recurrence,
             approved_by=approved_by(req.approvals, plan.binding),
+            observer_required=any(
+                a.observer_required
+                for a in req.approvals
+                if a.decision == APPROVE and a.binding == plan.binding
+            ),
             devices=list(req.devices),
             created_at=now,
         )
@@ -730,6 +738,7 @@ async def _record_approval(
         request_id=req.id,
         role=approval.role,
         comment=approval.comment,
+        observer_required=approval.observer_required,
         binding=plan.binding,
         revision=req.revision,
         missing_roles=sorted(missing),
@@ -743,6 +752,7 @@ async def _record_approval(
             request_id=req.id,
             grant_id=grant.id,
             approved_by=grant.approved_by,
+            observer_required=grant.observer_required,
             **{k: v for k, v in content.items() if k != "revision"},
         )
 

@@ -111,6 +111,7 @@ class ApproveForm:
     services: list[str]
     comment: str = ""
     override_reason: str = ""
+    observer: bool = False  # require a staff observer (policy.moderation)
 
     @classmethod
     def initial(cls, req: AccessRequest, zone: str, role: str) -> ApproveForm:
@@ -133,6 +134,7 @@ class ApproveForm:
             services=[str(s) for s in data.getall("services", []) if isinstance(s, str)],
             comment=_text(data, "comment"),
             override_reason=_text(data, "override_reason"),
+            observer=_text(data, "observer") == "yes",
         )
 
 
@@ -341,6 +343,7 @@ async def approve_post(request: web.Request) -> web.StreamResponse:
                 end=end,
                 services=services,
                 override_reason=form.override_reason or None,
+                observer_required=form.observer,
                 now=context.clock(),
             )
             vendor = await db.get(VendorUser, outcome.request.vendor_user_id)

@@ -7,8 +7,10 @@ Create Date: 2026-12-06 03:50:00
 ``connect_ticket`` holds the portal's one-time tickets for the gateway's browser door
 (``policy.tickets``), by SHA-256 only. ``device.observer_required`` (None: by criticality),
 ``grant.observer_required`` and ``session.observer_required`` say when a session is
-moderated (``policy.moderation``). The columns are added in place (no table copy on
-SQLite), so the policy-generation triggers of migration 0006 stay on those tables.
+moderated (``policy.moderation``); ``approval.observer_required`` records an approver
+asking for it (the grant is moderated when any approval of its content asked). The
+columns are added in place (no table copy on SQLite), so the policy-generation triggers
+of migration 0006 stay on those tables.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def upgrade() -> None:
     # plain ALTER TABLE ADD COLUMN (a batch would copy the table on SQLite and drop the
     # policy-generation triggers of migration 0006 with it)
     op.add_column("device", sa.Column("observer_required", sa.Boolean(), nullable=True))
-    for table in ("grant", "session"):
+    for table in ("grant", "session", "approval"):
         op.add_column(
             table,
             sa.Column("observer_required", sa.Boolean(), nullable=False, server_default=sa.false()),
@@ -87,7 +89,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("session", "grant", "device"):  # ALTER TABLE DROP COLUMN (SQLite 3.35+)
+    for table in (
+        "approval",
+        "session",
+        "grant",
+        "device",
+    ):  # ALTER TABLE DROP COLUMN (SQLite 3.35+)
         op.drop_column(table, "observer_required")
     with op.batch_alter_table("connect_ticket", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_connect_ticket_expires_at"))

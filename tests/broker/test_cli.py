@@ -68,9 +68,28 @@ def test_admin_commands_build_an_inventory(
     assert main(["grant", "add", "--login", "v1", "--device", "pump-1", "--ticket", "CHG7",
                  "--hours", "2", *c]) == 0  # fmt: skip
     assert "CHG7" in capsys.readouterr().out
+    assert main(["grant", "add", "--login", "v1", "--device", "pump-1", "--ticket", "CHG8",
+                 "--hours", "2", "--moderated", *c]) == 0  # fmt: skip
+    assert "(CHG8)" in (out := capsys.readouterr().out) and "moderated" in out
     assert count(settings, Device) == 1
     assert count(settings, VendorUser) == 1
-    assert count(settings, Grant) == 1
+    assert count(settings, Grant) == 2
+    assert moderated_tickets(settings) == ["CHG8"]
+
+
+def moderated_tickets(settings: Settings) -> list[str]:
+    async def run() -> list[str]:
+        engine = create_engine(settings.database_url)
+        try:
+            async with session_factory(engine)() as db:
+                rows = await db.scalars(
+                    select(Grant.ticket_ref).where(Grant.observer_required.is_(True))
+                )
+                return list(rows)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
 
 
 @pytest.mark.parametrize(

@@ -752,3 +752,19 @@ async def test_grant_lists_and_the_device_picker(world: World) -> None:
         assert names(await pick(s, world.vendor1.id, "%")) == []
         assert names(await pick(s, world.vendor1.id, limit=1)) == ["monitor-2"]
         assert await pick(s, 999) == []
+
+
+async def test_an_approver_asking_for_an_observer_makes_the_grant_moderated(
+    world: World,
+) -> None:
+    req = await world.file(devices=["pump-1", "monitor-2"])
+    await world.approve(world.max, req.id, "biomed", observer_required=True)
+    second = await world.approve(world.sol, req.id, "security")  # did not tick it
+    assert second.grant is not None and second.grant.observer_required is True
+    [created] = await events(world.db, "policy:grant:created")
+    assert created.detail["observer_required"] is True
+    approved = await events(world.db, "policy:request:approved")
+    assert [e.detail["observer_required"] for e in approved] == [True, False]
+    plain = await world.file()
+    out = await world.approve(world.bea, plain.id, "biomed")
+    assert out.grant is not None and out.grant.observer_required is False

@@ -701,3 +701,16 @@ def test_weekly_zone_defaults_follow_the_request() -> None:
     req = AccessRequest(recurrence=None, devices=[device])
     assert _default_zone(req) == "Europe/Berlin"
     assert _default_zone(AccessRequest(recurrence=None, devices=[])) == "UTC"
+
+
+async def test_an_approver_can_require_a_staff_observer(world: World) -> None:
+    req = await world.file(["pump-1"])
+    bea, sol = await world.browser("bea"), await world.browser("sol")
+    page = await review(bea, req.id)
+    assert "Require a staff observer" in text_of(page)
+    assert await decide(bea, req.id, "approve", observer="yes")
+    shown = text_of(await review(sol, req.id))
+    assert "Requires a staff observer" in shown  # the first approver's wish, for the second
+    await decide(sol, req.id, "approve")
+    [grant] = await world.grants()
+    assert grant.observer_required is True
