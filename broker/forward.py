@@ -120,9 +120,7 @@ async def _open(
             server=(device.address, dest_port),
         )
 
-    door.capture = await core.start_recording(
-        f"forward-{service}-{dest_port}.pcap", pcap, "pcap"
-    )
+    door.capture = await core.start_recording(f"forward-{service}-{dest_port}.pcap", pcap, "pcap")
     return door
 
 

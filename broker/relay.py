@@ -470,9 +470,7 @@ WAITING = (
     "staff observer has joined; waiting for one"
 )
 PAUSED = "sallyport: input paused: this moderated session has no staff observer right now"
-PAUSED_NOW = (
-    "sallyport: the last observer left; input paused until a staff observer joins again"
-)
+PAUSED_NOW = "sallyport: the last observer left; input paused until a staff observer joins again"
 RESUMED = "sallyport: a staff observer has joined; your input reaches the device"
 
 

@@ -168,9 +168,7 @@ class LiveSession:
     ) -> LiveSession:
         """The Session row and its start event (both or neither: a failure raises and the
         session is refused), then supervision from this moment on."""
-        session = cls(
-            ctx, who, device, grant, service, kind, command, window_end, door, moderated
-        )
+        session = cls(ctx, who, device, grant, service, kind, command, window_end, door, moderated)
         session.session_id = await records.open_session(session)
         session.log = session.log.bind(session_id=session.session_id)
         ctx.supervisor.add(session)

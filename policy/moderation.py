@@ -7,6 +7,8 @@ to follow its criticality: life-sustaining devices are moderated while the setti
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from policy.models import Criticality
 
 
@@ -26,3 +28,11 @@ def observer_required(
 def input_allowed(required: bool, observers: int) -> bool:
     """Whether the vendor's input may reach the device now."""
     return not required or observers > 0
+
+
+OBSERVER_ROLES = frozenset({"biomed", "security"})
+
+
+def may_observe(roles: Iterable[str]) -> bool:
+    """Staff who may watch live sessions and hold the door of moderated ones."""
+    return bool(OBSERVER_ROLES.intersection(roles))
