@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -143,6 +144,9 @@ class Device(Base):
     # weekly windows in which vendor work is allowed (policy.windows.Weekly.to_json);
     # empty means no restriction
     maintenance_windows: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # sessions need a staff observer before input reaches the device (policy.moderation):
+    # None = by criticality (life-sustaining devices, when the setting says so)
+    observer_required: Mapped[bool | None] = mapped_column(nullable=True)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -330,6 +334,8 @@ class Grant(Base):
     # per-grant limits in seconds; None means the gateway's defaults
     idle_timeout: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_session: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # the approvers asked for a staff observer (adds to the device's rule, never removes it)
+    observer_required: Mapped[bool] = mapped_column(default=False, server_default=false())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
     revoke_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -364,6 +370,8 @@ class Session(Base):
     kill_requested_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
     # the device record as it was when the session started (policy.snapshot.device_snapshot)
     device_snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # the session was opened moderated: input waits for a staff observer (shown on /live)
+    observer_required: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     recordings: Mapped[list[Recording]] = relationship(back_populates="session")
 
@@ -508,3 +516,33 @@ class PolicyGeneration(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ConnectTicket(Base):
+    """A one-time ticket the portal gives a browser to open (or watch) a session at the
+    gateway's browser door (``policy.tickets``); only its SHA-256 is stored."""
+
+    __tablename__ = "connect_ticket"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    purpose: Mapped[str] = mapped_column(String(16))  # "connect" or "watch"
+    vendor_user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("vendor_user.id", ondelete="CASCADE"), nullable=True
+    )
+    staff_user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("staff_user.id", ondelete="CASCADE"), nullable=True
+    )
+    actor: Mapped[str] = mapped_column(String(100))  # the login of who it is for
+    grant_id: Mapped[int | None] = mapped_column(ForeignKey("grant.id"), nullable=True)
+    device_id: Mapped[int | None] = mapped_column(ForeignKey("device.id"), nullable=True)
+    service: Mapped[str | None] = mapped_column(String(50), nullable=True)
+    session_id: Mapped[str | None] = mapped_column(
+        String(32), ForeignKey("session.id", ondelete="CASCADE"), nullable=True
+    )
+    web_session_id: Mapped[str] = mapped_column(String(64))  # the portal session that asked
+    step_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    consumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    consumed_node: Mapped[str | None] = mapped_column(String(100), nullable=True)
