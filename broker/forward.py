@@ -106,7 +106,7 @@ async def _open(
         command=f"{service} {device.name}:{dest_port}",
         moderated=observer_required(
             device.criticality,
-            getattr(device, "observer_required", None),
+            device.observer_required,
             grant.observer_required,
             server.ctx.settings.observer_for_life_sustaining,
         ),

@@ -51,6 +51,7 @@ async def open_session(live: LiveSession) -> str:
         client_address=live.who.client,
         gateway_node=ctx.settings.node_name,
         device_snapshot=device_snapshot(device),  # later inventory edits do not rewrite this
+        observer_required=live.moderated,
     )
     start = _event(
         live,

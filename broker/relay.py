@@ -288,7 +288,7 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
             command=self.command,
             moderated=observer_required(
                 device.criticality,
-                getattr(device, "observer_required", None),
+                device.observer_required,
                 grant.observer_required,
                 settings.observer_for_life_sustaining,
             ),

@@ -122,7 +122,7 @@ class WebTerminal:
             command=None,
             moderated=observer_required(
                 device.criticality,
-                getattr(device, "observer_required", None),
+                device.observer_required,
                 grant.observer_required,
                 ctx.settings.observer_for_life_sustaining,
             ),
