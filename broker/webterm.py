@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 import structlog
-from policy.tickets import Redeemed
 from sqlalchemy import select
 
 from broker import messages
@@ -28,6 +27,7 @@ from policy import store
 from policy.decide import decide_login, decide_target
 from policy.models import Device
 from policy.moderation import observer_required
+from policy.tickets import Redeemed
 from recorder.channel import AsciicastRecording, ChannelRecording
 from recorder.errors import RecorderError
 from recorder.storage import Sink
