@@ -200,15 +200,16 @@ class LiveSession:
         return True
 
     def output_recorded(self, data: bytes) -> None:
-        """Terminal output the recorder has written: to the watchers, and kept for late ones."""
-        if not data:
+        """Output the recorder has written: to the watchers, and for a terminal kept (the
+        last ``BACKLOG_BYTES``) for watchers who join later."""
+        for observer in self.observers:
+            observer.output(data)
+        if self.terminal is None or not data:
             return
         self._backlog.append(data)
         self._backlog_size += len(data)
         while self._backlog_size > BACKLOG_BYTES and len(self._backlog) > 1:
             self._backlog_size -= len(self._backlog.popleft())
-        for observer in list(self.observers):
-            observer.output(data)
 
     def resized(self, cols: int, rows: int) -> None:
         self.terminal = (cols, rows)
