@@ -1,8 +1,12 @@
-"""Moderated sessions: when a vendor's input needs a staff observer present.
+"""Moderated sessions: when a staff observer must watch before the vendor's input counts.
 
-A device may require an observer (``Device.observer_required``: True or False, or None
-to follow its criticality: life-sustaining devices are moderated while the setting
-``observer_for_life_sustaining`` is on); a grant may add the requirement, never lift it.
+A device says it (``device.observer_required``: True always, False never, None by
+criticality: life-sustaining devices are moderated while the setting
+``observer_for_life_sustaining`` is on); a grant may add moderation
+(``grant.observer_required``) but never remove a device's. In a moderated session the
+vendor's input reaches the device only while at least one observer (security or biomed)
+is watching; output flows and is recorded either way. Pure functions: the session core
+asks, the front doors act.
 """
 
 from __future__ import annotations
@@ -18,15 +22,18 @@ def observer_required(
     grant_flag: bool,
     life_sustaining_default: bool,
 ) -> bool:
-    if grant_flag:
-        return True
-    if device_flag is not None:
-        return device_flag
-    return life_sustaining_default and str(criticality) == Criticality.LIFE_SUSTAINING.value
+    """Does a session on this device under this grant need a staff observer?"""
+    if device_flag is None:
+        by_device = life_sustaining_default and Criticality(criticality) is (
+            Criticality.LIFE_SUSTAINING
+        )
+    else:
+        by_device = device_flag
+    return by_device or grant_flag
 
 
 def input_allowed(required: bool, observers: int) -> bool:
-    """Whether the vendor's input may reach the device now."""
+    """May the vendor's input reach the device now?"""
     return not required or observers > 0
 
 
