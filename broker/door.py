@@ -170,7 +170,8 @@ class BrowserDoor:
 
     async def stop_accepting(self) -> None:
         if self.site is not None:
-            await self.site.stop()
+            site, self.site = self.site, None
+            await site.stop()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         source = request.remote or "unknown"

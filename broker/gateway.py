@@ -99,6 +99,7 @@ class Gateway:
     acceptor: asyncssh.SSHAcceptor | ProxyListener
     door: BrowserDoor
     browser_port: int  # the browser door's bound port
+    closed: bool = False
 
     @property
     def port(self) -> int:
@@ -106,7 +107,10 @@ class Gateway:
 
     async def close(self, message: str = "sallyport: the gateway is shutting down") -> None:
         """Stop accepting, tell connected vendors, end their sessions with sealed
-        recordings, then stop the background work."""
+        recordings, then stop the background work. A second call does nothing."""
+        if self.closed:
+            return
+        self.closed = True
         self.acceptor.close()
         await self.acceptor.wait_closed()
         await self.door.stop_accepting()

@@ -384,3 +384,30 @@ async def test_a_moderated_openssh_session_holds_the_command_until_an_observer_j
     assert "nothing you type reaches the device until a staff observer" in result.stderr
     assert "security1 is watching" in result.stderr
     await watcher.until(lambda: watcher.of("end"), "the watcher sees the end")
+
+
+async def test_a_gateway_shutdown_ends_browser_sessions_with_the_reason(
+    vendor: VendorLogin,
+    pump: Device,
+    db: Sessions,
+    vault: Vault,
+    gateway: Gateway,
+    open_door: Any,
+) -> None:
+    grant_id = await grant(db, devices=["pump-12"])
+    term = await open_door(await connect_ticket(db, await vendor_id(db), grant_id, pump))
+    await term.until(lambda: term.of("ready"), "ready")
+    sid = term.of("ready")[0]["session_id"]
+    sec = await staff(db, vault, "security1", ["security"])
+    watcher = await open_door(await watch_ticket(db, sec, "security1", sid))
+    await watcher.until(lambda: watcher.of("ready"), "watcher ready")
+
+    await gateway.close()
+
+    await term.until(lambda: term.closed, "the terminal closed")
+    assert term.of("end")[0]["reason"] == "gateway-shutdown"
+    assert "shutting down" in term.of("end")[0]["message"]
+    await watcher.until(lambda: watcher.closed, "the watcher closed")
+    assert watcher.of("end")[0]["reason"] == "gateway-shutdown"
+    session = await ended(db, sid)
+    assert session.end_reason == "gateway-shutdown"
