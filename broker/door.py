@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
-from policy.tickets import Redeemed, TicketRefused, redeem
 
 from broker.errors import BrokerError
 from policy.models import StaffUser
 from policy.moderation import may_observe
+from policy.tickets import Redeemed, TicketRefused, redeem
 
 if TYPE_CHECKING:
     from broker.context import GatewayContext
