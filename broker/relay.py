@@ -302,6 +302,7 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         if self.tap is not None and self.tap.refusal is not None:
             await self._audit_transfer(self.tap.refusal)
             raise TransferRefused(self.tap.refusal.reason)
+        self._refuse(core.notice())
         if core.moderated:
             self.notify(MODERATED if core.input_allowed else WAITING)
             if not self.term and not await core.wait_input_allowed():

@@ -34,6 +34,7 @@ import structlog
 from broker import records
 from policy.decide import GrantView
 from policy.models import Device
+from policy.notice import session_notice
 from recorder.errors import RecorderError
 from recorder.storage import Sink, StoredObject
 
@@ -198,6 +199,16 @@ class LiveSession:
             self.recording_failed(exc)
             return False
         return True
+
+    def notice(self) -> str:
+        """What the session tells the vendor first: recorded, the ticket, the window end."""
+        recurrence = self.grant.recurrence
+        return session_notice(
+            self.grant.ticket_ref,
+            self.window_end,
+            recurrence.tz if recurrence is not None else None,
+            self.ctx.now(),
+        )
 
     def output_recorded(self, data: bytes) -> None:
         """Output the recorder has written: to the watchers, and for a terminal kept (the

@@ -152,6 +152,7 @@ class WebTerminal:
             }
         )
         self.sock.send({"type": "input", "allowed": core.input_allowed, "reason": ""})
+        self.notify(core.notice())
         if core.moderated and not core.input_allowed:
             self.notify(
                 "sallyport: this session is moderated: nothing you type reaches the device "
