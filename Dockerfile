@@ -1,6 +1,7 @@
 # sallyport gateway + web in one image. Data (SQLite, keys, recordings) lives in /data.
 
-# The browser player (asciinema-player), from npm at the version web/assets pins.
+# The browser player (asciinema-player) and terminal (xterm.js), from npm at the versions
+# web/assets pins.
 FROM node:20-bookworm-slim AS assets
 WORKDIR /assets
 COPY web/assets/package.json web/assets/package-lock.json ./
@@ -29,6 +30,10 @@ COPY web ./web
 COPY --from=assets /assets/node_modules/asciinema-player/dist/bundle/asciinema-player.min.js \
      /assets/node_modules/asciinema-player/dist/bundle/asciinema-player.css \
      ./web/assets/node_modules/asciinema-player/dist/bundle/
+COPY --from=assets /assets/node_modules/@xterm/xterm/lib/xterm.js ./web/assets/node_modules/@xterm/xterm/lib/
+COPY --from=assets /assets/node_modules/@xterm/xterm/css/xterm.css ./web/assets/node_modules/@xterm/xterm/css/
+COPY --from=assets /assets/node_modules/@xterm/addon-fit/lib/addon-fit.js \
+     ./web/assets/node_modules/@xterm/addon-fit/lib/
 COPY migrations ./migrations
 RUN pip install --no-cache-dir .
 

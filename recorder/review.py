@@ -75,6 +75,7 @@ class SessionRow:
     kill_requested_by: str | None
     recordings: tuple[RecordingInfo, ...]
     live: bool  # not ended yet: the live list shows it with a kill button
+    observer_required: bool = False  # moderated: input waits for a staff observer
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,7 @@ def _row(session: Session, user: VendorUser, device_name: str) -> SessionRow:
         kill_requested_by=session.kill_requested_by,
         recordings=tuple(recording_info(r) for r in sorted(session.recordings, key=lambda r: r.id)),
         live=session.ended_at is None,
+        observer_required=session.observer_required,
     )
 
 

@@ -45,6 +45,7 @@ from web import (
     queue,
     requests,
     review,
+    terminal,
 )
 from web.context import CTX, WebContext
 from web.errors import errors_middleware
@@ -65,6 +66,7 @@ ROUTE_MODULES: Sequence[Callable[[web.Application], None]] = (
     queue.setup,
     review.setup,
     requests.setup,
+    terminal.setup,
     api.setup,
 )
 

@@ -395,11 +395,24 @@ async def authenticate(context: WebContext, attempt: Attempt) -> Outcome:
     if not await _verify(attempt.password, user.password_hash if user else None):
         return Outcome(None, "unknown-user" if user is None else "wrong-password")
     assert user is not None
+    return await check_second_factor(context, user, attempt.code, now)
+
+
+async def check_second_factor(
+    context: WebContext, user: StaffUser | VendorUser, code: str, now: datetime
+) -> Outcome:
+    """The second factor alone, with sign-in's rules: the account is enabled and not
+    locked, the code is right and not used before (the replay guard), and a vendor's
+    wrong code counts towards the MFA lockout. Sign-in calls it after the password; a
+    step-up (``web.terminal``) calls it on its own."""
     if user.disabled:
         return Outcome(None, "disabled", "This account is disabled; ask an administrator.")
+    if user.locked_until is not None and user.locked_until > now:
+        message = f"Too many failed attempts; try again after {_after(user.locked_until)} UTC."
+        return Outcome(None, "locked", message)
     if user.totp_secret is None:
         return Outcome(None, "not-enrolled", "This account has no authenticator enrolled yet.")
-    return await _check_code(context, user, attempt.code, now)
+    return await _check_code(context, user, code, now)
 
 
 async def _check_code(

@@ -59,9 +59,8 @@ NAV: tuple[NavLink, ...] = (
         ("SSH keys", "/keys"),
     ),
     *_links({"biomed", "security"}, ("Queue", "/queue"), ("Grants", "/grants")),
-    *_links(
-        {"security", "admin"}, ("Sessions", "/sessions"), ("Search", "/search"), ("Live", "/live")
-    ),
+    *_links({"security", "admin"}, ("Sessions", "/sessions"), ("Search", "/search")),
+    *_links({"security", "admin", "biomed"}, ("Live", "/live")),
     *_links({"admin", "biomed"}, ("Devices", "/admin/devices"), ("Vendors", "/admin/vendors")),
     *_links(
         {"admin"},

@@ -6,7 +6,8 @@
   ``GET|POST /requests/{id}/edit`` changes a pending one (which clears its approvals);
   ``POST /requests/{id}/cancel`` withdraws it.
 * ``GET /connect``: for each live grant, the ``ssh``, ``ssh -J``, ``ssh -L`` and ``sftp``
-  lines to copy, an ``~/.ssh/config`` snippet and the gateway's host key.
+  lines to copy, an ``~/.ssh/config`` snippet, the gateway's host key, and per device with
+  an ``ssh`` service the link **Open terminal** (the browser terminal, ``web.terminal``).
 
 The rules are ``policy.workflow``'s; the handlers turn form text into its input and its
 refusals into the form again, with what was typed and the reason. Another vendor user's
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import asyncssh
 from aiohttp import web
@@ -578,6 +580,7 @@ class DeviceLines:
     jump: str | None
     sftp: str | None  # also None when the grant allows no file transfers
     forwards: list[Forward]  # one tunnel per granted service other than ssh
+    terminal: str | None = None  # the browser terminal's page, when ssh is granted and served
 
 
 @dataclass(frozen=True)
@@ -605,6 +608,9 @@ def _device_lines(
         jump=gw.jump(device) if ssh else None,
         sftp=gw.sftp(device) if ssh and grant.transfers != "none" else None,
         forwards=forwards,
+        terminal=f"/connect/{quote(device, safe='')}/terminal"
+        if ssh and (device, "ssh") in ports
+        else None,
     )
 
 

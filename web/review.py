@@ -3,7 +3,8 @@ sessions with a kill button, evidence bundles, and a device's history.
 
 Who may look: security and admin staff review sessions (``/sessions``, ``/search``,
 ``/live``, recordings, bundles, kills); biomed staff may also open a device's page
-(``/devices/{name}``), which links to sessions only for those who may open them.
+(``/devices/{name}``), which links to sessions only for those who may open them, and the
+live list, to watch a session (``web.terminal``) but not to kill it.
 
 The data comes from ``recorder.review`` (list and session), ``recorder.search`` and
 ``recorder.evidence``; recordings are read through the storage the settings name
@@ -59,6 +60,7 @@ from web.security import CSP
 
 REVIEWERS = ("security", "admin")
 DEVICE_VIEWERS = ("security", "admin", "biomed")
+LIVE_VIEWERS = ("security", "admin", "biomed")  # biomed watches (web.terminal), cannot kill
 PLAYER_DIR = Path(__file__).parent / "assets" / "node_modules" / "asciinema-player" / "dist"
 PLAYER_FILES = {
     "asciinema-player.min.js": PLAYER_DIR / "bundle" / "asciinema-player.min.js",
@@ -439,7 +441,7 @@ async def search_page(request: web.Request) -> web.StreamResponse:
 # --- live sessions and kills --------------------------------------------------------------
 
 
-@requires(*REVIEWERS)
+@requires(*LIVE_VIEWERS)
 async def live_page(request: web.Request) -> web.StreamResponse:
     return await _live(request)
 
@@ -447,7 +449,15 @@ async def live_page(request: web.Request) -> web.StreamResponse:
 async def _live(request: web.Request, error: str | None = None, status: int = 200) -> web.Response:
     async with ctx(request).sessions() as db:
         rows = await review.list_sessions(db, live=True, limit=review.MAX_LIST)
-    return render(request, "review/live.html", status=status, error=error, rows=rows)
+    can_review = principal(request).has_any(*REVIEWERS)
+    return render(
+        request,
+        "review/live.html",
+        status=status,
+        error=error,
+        rows=rows,
+        can_review=can_review,
+    )
 
 
 @requires(*REVIEWERS)
