@@ -40,6 +40,7 @@ log = structlog.get_logger(__name__)
 TERM = "xterm-256color"
 HIGH_WATER = 1024 * 1024  # output queued for the browser above this pauses the device
 INPUT_LIMIT = 16 * 1024  # characters per input message (a paste is split by the page)
+NO_OBSERVER = "a moderated session needs a staff observer, and none is watching"
 PAUSED = "sallyport: input paused: this moderated session has no staff observer right now"
 
 
@@ -151,7 +152,7 @@ class WebTerminal:
                 "moderated": core.moderated,
             }
         )
-        self.sock.send({"type": "input", "allowed": core.input_allowed, "reason": ""})
+        self._send_input_state(core.input_allowed)
         self.notify(core.notice())
         if core.moderated and not core.input_allowed:
             self.notify(
@@ -263,10 +264,13 @@ class WebTerminal:
         self.end_message = message
         self._stopped.set()
 
+    def _send_input_state(self, allowed: bool) -> None:
+        reason = "" if allowed else NO_OBSERVER
+        self.sock.send({"type": "input", "allowed": allowed, "reason": reason})
+
     def input_changed(self, allowed: bool) -> None:
         self._told_paused = False
-        reason = "" if allowed else "no staff observer"
-        self.sock.send({"type": "input", "allowed": allowed, "reason": reason})
+        self._send_input_state(allowed)
         self.notify(
             "sallyport: a staff observer has joined; your input reaches the device"
             if allowed
