@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -143,6 +144,22 @@ async def receive_json(ws: web.WebSocketResponse, within: float | None = None) -
         return json.loads(msg.data)
     except ValueError:
         raise DoorError("malformed", "message is not JSON") from None
+
+
+async def read_until(reader: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
+    """Run ``reader`` (a socket's message loop) until it returns or ``stop`` is set; an
+    error of the reader's is raised here."""
+    reading = asyncio.ensure_future(reader)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({reading, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        finished = reading.done()
+        for task in (reading, stopped):
+            task.cancel()
+        await asyncio.gather(reading, stopped, return_exceptions=True)
+    if finished:
+        reading.result()
 
 
 @dataclass
@@ -285,14 +302,7 @@ class Watcher:
         return core  # type: ignore[return-value]
 
     async def _read(self, core: LiveSession) -> None:
-        reader = asyncio.ensure_future(self._messages(core))
-        gone = asyncio.ensure_future(self._gone.wait())
-        try:
-            await asyncio.wait({reader, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (reader, gone):
-                task.cancel()
-            await asyncio.gather(reader, gone, return_exceptions=True)
+        await read_until(self._messages(core), self._gone)
 
     async def _messages(self, core: LiveSession) -> None:
         while True:

@@ -20,7 +20,7 @@ import structlog
 from sqlalchemy import select
 
 from broker import messages
-from broker.door import DoorError, Hello, Socket, receive_json, terminal_size
+from broker.door import DoorError, Hello, Socket, read_until, receive_json, terminal_size
 from broker.errors import BrokerError
 from broker.session import Closing, LiveSession, Who
 from policy import store
@@ -171,16 +171,7 @@ class WebTerminal:
             chan.close()
             return
         self.upstream = chan
-        reader = asyncio.ensure_future(self._read(core))
-        stopped = asyncio.ensure_future(self._stopped.wait())
-        try:
-            await asyncio.wait({reader, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (reader, stopped):
-                task.cancel()
-            await asyncio.gather(stopped, return_exceptions=True)
-        if not reader.cancelled():
-            reader.result()  # a malformed message raises DoorError here
+        await read_until(self._read(core), self._stopped)  # a malformed message raises here
 
     async def _read(self, core: LiveSession) -> None:
         while core.end_reason is None:

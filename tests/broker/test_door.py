@@ -153,6 +153,14 @@ async def ended(db: Sessions, session_id: str) -> Session:
     raise AssertionError("the session never ended")
 
 
+async def terminal(db: Sessions, pump: Device, open_door: Any) -> Browser:
+    """A browser terminal on the pump under a fresh grant, once the gateway says ready."""
+    grant_id = await grant(db, devices=["pump-12"])
+    term: Browser = await open_door(await connect_ticket(db, await vendor_id(db), grant_id, pump))
+    await term.until(lambda: term.of("ready"), "ready")
+    return term
+
+
 async def staff(db: Sessions, vault: Vault, login: str, roles: list[str]) -> int:
     async with db() as s:
         user, _secret = await admin.add_staff_user(
@@ -289,9 +297,7 @@ async def test_watching_live_shows_the_vendor_who_watches_and_the_same_bytes(
     gateway: Gateway,
     open_door: Any,
 ) -> None:
-    grant_id = await grant(db, devices=["pump-12"])
-    term = await open_door(await connect_ticket(db, await vendor_id(db), grant_id, pump))
-    await term.until(lambda: term.of("ready"), "ready")
+    term = await terminal(db, pump, open_door)
     await term.send(type="input", data="echo before-$((1+1))\r")
     await term.until(lambda: b"before-2" in term.output, "first output")
     sid = term.of("ready")[0]["session_id"]
@@ -330,9 +336,7 @@ async def test_a_moderated_browser_session_waits_for_an_observer_who_can_end_it(
     async with db() as s:
         await s.execute(update(Device).where(Device.id == pump.id).values(observer_required=True))
         await s.commit()
-    grant_id = await grant(db, devices=["pump-12"])
-    term = await open_door(await connect_ticket(db, await vendor_id(db), grant_id, pump))
-    await term.until(lambda: term.of("ready"), "ready")
+    term = await terminal(db, pump, open_door)
     assert term.of("ready")[0]["moderated"] is True
     assert term.of("input")[0]["allowed"] is False
     await term.send(type="input", data="touch /tmp/should-not-exist-$$; echo typed-$((3*3))\r")
@@ -394,9 +398,7 @@ async def test_a_gateway_shutdown_ends_browser_sessions_with_the_reason(
     gateway: Gateway,
     open_door: Any,
 ) -> None:
-    grant_id = await grant(db, devices=["pump-12"])
-    term = await open_door(await connect_ticket(db, await vendor_id(db), grant_id, pump))
-    await term.until(lambda: term.of("ready"), "ready")
+    term = await terminal(db, pump, open_door)
     sid = term.of("ready")[0]["session_id"]
     sec = await staff(db, vault, "security1", ["security"])
     watcher = await open_door(await watch_ticket(db, sec, "security1", sid))
