@@ -16,6 +16,7 @@ WebSocket, and the gateway logs in to the device with the vaulted credential.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -30,8 +31,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from broker.fakedevice import FakeDeviceInfo, host_public_key_line, start_fake_device
 from broker.gateway import Gateway
 from policy import admin
-from policy.models import CredentialKind, Criticality, Device, Grant, Session, utcnow
+from policy.models import (
+    CredentialKind,
+    Criticality,
+    Device,
+    Grant,
+    Recording,
+    Session,
+    utcnow,
+)
 from policy.vault import Vault
+from recorder.readers import parse
 from tests.conftest import Clock, grant
 from tests.web.conftest import AuditEvents, MakeStaff, MakeVendorUser, WebApp
 
@@ -142,6 +152,23 @@ async def test_vendor_opens_the_pump_terminal_types_status_and_revocation_ends_i
 
         session = await live_session(db)
         assert session.kind == "shell" and session.client_address.endswith("(browser)")
+
+        # a long paste reaches the gateway whole (the page splits it into messages under
+        # the frame limit; the pump's console itself keeps 1,024 characters of a line)
+        pasted = "echo " + "pasted" * 2000 + "-end"
+        await page.keyboard.insert_text(pasted)
+        await page.keyboard.press("Enter")
+        await expect(screen).to_contain_text("pump-12> ", timeout=10000)
+        await expect(page.locator("#door-status")).not_to_contain_text("ended")
+        async with db() as s:
+            key = await s.scalar(select(Recording.storage_key))
+        assert key is not None
+        path = gateway.ctx.storage.path(key)  # type: ignore[attr-defined]
+        for _ in range(100):
+            if pasted.encode() in parse(path.read_bytes()).input():
+                break
+            await asyncio.sleep(0.05)
+        assert pasted.encode() + b"\r" in parse(path.read_bytes()).input()
 
         # security replays it while it runs (the recording is written through)
         _sec, sec_password, sec_secret = await make_staff("security1", ["security"])
