@@ -45,6 +45,7 @@ def cluster_rig(workdir: Path, users: int) -> Iterator[Rig]:
             database_url=url,
             gateway_host="127.0.0.1",
             web_host="127.0.0.1",
+            browser_port=0,  # each node picks its own
             recordings_dir=data / "recordings",
             log_level="warning",
         )

@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=Path("sallyport-demo"), help="demo data directory")
     p.add_argument("--ssh-port", type=int, default=2222)
     p.add_argument("--web-port", type=int, default=8080)
+    p.add_argument("--browser-port", type=int, default=8022, help="the browser door's port")
     p.add_argument("--code", action="store_true", help="print the demo vendor's current code")
     p.add_argument(
         "--who", default=None, help="with --code: a demo staff login (biomed1, security1, admin1)"
@@ -355,7 +356,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.code:
         print(demo.current_code(args.data, args.who))
         return 0
-    return demo.run(args.data, args.ssh_port, args.web_port)
+    return demo.run(args.data, args.ssh_port, args.web_port, args.browser_port)
 
 
 def cmd_ca_known_hosts(args: argparse.Namespace) -> int:

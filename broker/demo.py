@@ -41,7 +41,7 @@ PUMP = FakeDeviceInfo(name=DEVICE, model="Infusia IP-7", firmware="4.2.1", seria
 STAFF = [("biomed1", ["biomed"]), ("security1", ["security"]), ("admin1", ["admin"])]
 
 
-def run(data: Path, ssh_port: int, web_port: int) -> int:
+def run(data: Path, ssh_port: int, web_port: int, browser_port: int = 8022) -> int:
     data = data.resolve()
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     settings = Settings(
@@ -57,6 +57,8 @@ def run(data: Path, ssh_port: int, web_port: int) -> int:
         web_cookie_secure=False,  # plain HTTP on loopback; a deployment serves HTTPS
         gateway_public_host="127.0.0.1",
         gateway_public_port=ssh_port,
+        browser_host="127.0.0.1",
+        browser_port=browser_port,
     )
     (data / "sallyport.toml").write_text(render_settings(settings))
     splog.configure("console", "info")
@@ -108,6 +110,7 @@ async def _seed(data: Path, settings: Settings) -> dict[str, Any]:
         await engine.dispose()
     creds["ssh"] = {"host": "127.0.0.1", "port": settings.gateway_port}
     creds["web"] = {"url": f"http://127.0.0.1:{settings.web_port}"}
+    creds["browser_door"] = {"url": settings.browser_door_url()}
     return creds
 
 
@@ -238,6 +241,7 @@ def _instructions(data: Path, creds: dict[str, Any]) -> str:
 sallyport demo is running  (data: {data}; stop with Ctrl-C)
   SSH gateway  {ssh["host"]}:{ssh["port"]}
   web          {creds["web"]["url"]}  (health: /api/v1/health)
+  browser door {creds["browser_door"]["url"]}  (the portal's terminal pages use it)
 
 Connect as the demo vendor ({vendor["login"]}); you will be asked for a Verification code:
   code:      {exe} demo --data {data} --code
@@ -248,6 +252,8 @@ Connect as the demo vendor ({vendor["login"]}); you will be asked for a Verifica
 Web portal {creds["web"]["url"]}/login  (password + code; passwords are in the file below)
   vendor:    {vendor["login"]}  code: {exe} demo --data {data} --code
   staff:     {staff}  code: {exe} demo --data {data} --code --who LOGIN
+  terminal:  {creds["web"]["url"]}/connect/{DEVICE}/terminal  (as {vendor["login"]}, after a code)
+  watch:     {creds["web"]["url"]}/live  (as security1 or biomed1)
 
 Credentials for scripts: {data / CREDENTIALS}
 """

@@ -17,13 +17,15 @@ import asyncssh
 import structlog
 
 from broker.jump import open_jump
-from broker.records import SessionEnd, add_recording, close_session, open_session, recording_key
+from broker.session import Closing, LiveSession, Who
 from broker.target import is_inventory_name
 from policy.decide import Decision, Reason, decide_target
 from policy.models import Device
+from policy.moderation import observer_required
 from policy.netcheck import forward_address_problem
 from recorder.errors import RecorderError
 from recorder.pcap import TcpCapture
+from recorder.storage import Sink
 
 if TYPE_CHECKING:
     from broker.auth import VendorServer
@@ -89,19 +91,37 @@ async def _open(
         )
     except (OSError, TimeoutError):
         raise ForwardRefused(f"{device.name}:{dest_port} ({service}) is unreachable") from None
-    assert decision.grant is not None
-    session_id = await open_session(
-        server, device, decision.grant, "forward", f"{service} {device.name}:{dest_port}"
+    assert decision.grant is not None and server.user is not None
+    grant = decision.grant
+    door = ForwardSession(server, reader, writer)
+    door.core = core = await LiveSession.open(
+        server.ctx,
+        Who(server.login, server.user.id, server.peer),
+        device,
+        grant,
+        decision.window_end,
+        door,
+        service=service,
+        kind="forward",
+        command=f"{service} {device.name}:{dest_port}",
+        moderated=observer_required(
+            device.criticality,
+            device.observer_required,
+            grant.observer_required,
+            server.ctx.settings.observer_for_life_sustaining,
+        ),
     )
-    key = recording_key(session_id, f"forward-{service}-{dest_port}.pcap")
     client = server.peer.rsplit(":", 1)
-    capture = TcpCapture(
-        server.ctx.storage.create(key),
-        client=(client[0], int(client[1])) if len(client) == 2 else ("0.0.0.0", 0),
-        server=(device.address, dest_port),
-    )
-    await add_recording(server, session_id, key, "pcap")
-    return ForwardSession(server, session_id, capture, reader, writer, decision)
+
+    def pcap(sink: Sink) -> TcpCapture:
+        return TcpCapture(
+            sink,
+            client=(client[0], int(client[1])) if len(client) == 2 else ("0.0.0.0", 0),
+            server=(device.address, dest_port),
+        )
+
+    door.capture = await core.start_recording(f"forward-{service}-{dest_port}.pcap", pcap, "pcap")
+    return door
 
 
 def _check(decision: Decision, device: Device) -> None:
@@ -132,18 +152,17 @@ def is_gateway_address(address: str) -> bool:
 
 
 class ForwardSession(asyncssh.SSHTCPSession[bytes]):
-    """Relays one forwarded connection, capturing both directions to pcap first."""
+    """The SSH front door for one forwarded connection: relays it, capturing both
+    directions to pcap first. On a moderated session the vendor's bytes are held (the
+    channel stops reading) while no staff observer is present."""
+
+    core: LiveSession
+    capture: TcpCapture
 
     def __init__(
-        self,
-        server: VendorServer,
-        session_id: str,
-        capture: TcpCapture,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        decision: Decision,
+        self, server: VendorServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        self.server, self.session_id, self.capture = server, session_id, capture
+        self.server = server
         self.reader, self.writer = reader, writer
         self.chan: asyncssh.SSHTCPChannel[bytes] | None = None
         self.end_reason: str | None = None
@@ -151,16 +170,15 @@ class ForwardSession(asyncssh.SSHTCPSession[bytes]):
         self._may_write.set()
         self._done = asyncio.Event()
         self._eof: set[str] = set()
-        assert decision.grant is not None
-        grant = decision.grant
-        self.grant_id, self.window_end = grant.id, decision.window_end
-        self.idle_timeout, self.max_session = grant.idle_timeout, grant.max_session
-        self.started = self.last_activity = server.ctx.now()
-        server.ctx.supervisor.add(self)
+
+    @property
+    def session_id(self) -> str | None:
+        return self.core.session_id
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
         self.chan = chan
-        self.server.ctx.flusher.add(self.capture, self._capture_failed)
+        if not self.core.input_allowed:
+            chan.pause_reading()
         self.server.ctx.tasks.spawn(self._from_device(), name="forward-from-device")
         self.server.ctx.tasks.spawn(self._run(), name="forward")
 
@@ -171,24 +189,21 @@ class ForwardSession(asyncssh.SSHTCPSession[bytes]):
                 await self._may_write.wait()
                 if self._done.is_set():
                     return
-                self.last_activity = self.server.ctx.now()
+                self.core.touch()
                 self.capture.from_server(data)
                 self.chan.write(data)
             self.chan.write_eof()
             self._half_closed("device")
-        except RecorderError:
-            self._end("recording-failed")
+        except RecorderError as exc:
+            self.core.recording_failed(exc)
         except (OSError, asyncssh.Error):
             self._end("device-closed")
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self._done.is_set():
             return
-        self.last_activity = self.server.ctx.now()
-        try:
-            self.capture.from_client(data)
-        except RecorderError:
-            self._end("recording-failed")
+        self.core.touch()
+        if not self.core.record(lambda: self.capture.from_client(data)):
             return
         self.writer.write(data)
 
@@ -212,33 +227,38 @@ class ForwardSession(asyncssh.SSHTCPSession[bytes]):
     def connection_lost(self, exc: Exception | None) -> None:
         self._end("closed")
 
-    def warn(self, text: str) -> None:
-        log.info("forward window warning", session_id=self.session_id, text=text)
+    # -- what the session core asks of this door (broker.session.FrontDoor) ------------
 
-    def terminate(self, reason: str, message: str) -> None:
+    def notify(self, text: str) -> None:
+        log.info("forward notice", session_id=self.session_id, text=text)
+
+    def stop(self, reason: str, message: str | None) -> None:
         self._end(reason)
 
-    def _capture_failed(self, capture: object, exc: RecorderError) -> None:
-        self._end("recording-failed")
+    def input_changed(self, allowed: bool) -> None:
+        if self.chan is None:
+            return
+        if allowed:
+            self.chan.resume_reading()
+        else:
+            self.chan.pause_reading()
 
     def _end(self, reason: str) -> None:
         if self.end_reason is None:
             self.end_reason = reason
         self._done.set()
         self._may_write.set()
+        self.core.mark_end(reason)
 
     async def _run(self) -> None:
         await self._done.wait()
-        self.server.ctx.supervisor.discard(self)
-        self.server.ctx.flusher.discard(self.capture)
+        self.core.flush_recordings()
         self.writer.close()
         if self.chan is not None:
             self.chan.close()
-        stored = await asyncio.to_thread(self.capture.close, self.end_reason != "recording-failed")
-        end = SessionEnd(
-            self.end_reason or "closed",
-            stored=stored,
-            bytes_from_vendor=self.capture.bytes_from_client,
-            bytes_from_device=self.capture.bytes_from_server,
+        await self.core.close(
+            Closing(
+                bytes_from_vendor=self.capture.bytes_from_client,
+                bytes_from_device=self.capture.bytes_from_server,
+            )
         )
-        await close_session(self.server, self.session_id, end)

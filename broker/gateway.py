@@ -12,6 +12,7 @@ import structlog
 from broker.auth import VendorServer
 from broker.ca import load_ca
 from broker.context import GatewayContext
+from broker.door import BrowserDoor
 from broker.errors import BrokerError
 from broker.forward import open_forward, refuse_nested
 from broker.jump import inner_state
@@ -96,6 +97,9 @@ def build_context(settings: Settings) -> GatewayContext:
 class Gateway:
     ctx: GatewayContext
     acceptor: asyncssh.SSHAcceptor | ProxyListener
+    door: BrowserDoor
+    browser_port: int  # the browser door's bound port
+    closed: bool = False
 
     @property
     def port(self) -> int:
@@ -103,11 +107,16 @@ class Gateway:
 
     async def close(self, message: str = "sallyport: the gateway is shutting down") -> None:
         """Stop accepting, tell connected vendors, end their sessions with sealed
-        recordings, then stop the background work."""
+        recordings, then stop the background work. A second call does nothing."""
+        if self.closed:
+            return
+        self.closed = True
         self.acceptor.close()
         await self.acceptor.wait_closed()
+        await self.door.stop_accepting()
         await self.ctx.supervisor.shutdown(message)
         await self.ctx.tasks.drain(within=10)
+        await self.door.close()  # waits for the browser sessions' handlers to finish
         await self.ctx.devices.close()  # the sessions ended: no channel is left on them
         await self.ctx.supervisor.stop()
         if self.ctx.notifier is not None:  # after the sessions ended: their events go out
@@ -135,13 +144,23 @@ async def start_gateway(
         raise BrokerError(
             "listen-failed", f"cannot listen on {host}:{port}: {exc.strerror or exc}"
         ) from None
+    door = BrowserDoor(ctx)
+    try:
+        browser_port = await door.start(settings.browser_host, settings.browser_port)
+    except OSError as exc:
+        acceptor.close()
+        raise BrokerError(
+            "listen-failed",
+            f"cannot listen on {settings.browser_host}:{settings.browser_port} (browser door): "
+            f"{exc.strerror or exc}",
+        ) from None
     ctx.flusher.start()
     if ctx.notifier is not None:
         ctx.notifier.start()
     ctx.supervisor.start()
     ctx.tasks.spawn(ctx.audit.run_checkpoints(), name="checkpoints")
-    gateway = Gateway(ctx, acceptor)
-    log.info("gateway listening", host=host, port=gateway.port)
+    gateway = Gateway(ctx, acceptor, door, browser_port)
+    log.info("gateway listening", host=host, port=gateway.port, browser_port=browser_port)
     return gateway
 
 

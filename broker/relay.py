@@ -1,9 +1,16 @@
-"""Shell and exec channels: vendor <-> gateway <-> device, every byte recorded.
+"""The SSH front door for shell, exec, sftp and scp channels: vendor <-> gateway <-> device.
 
 The vendor's session channel is paired with a session channel the gateway opens on the
 device, logging in with the vaulted credential. Data, EOF, window changes, signals and
-exit status pass through; each side's back-pressure pauses the other side's reader. Any
-failure to record ends the session (fail closed).
+exit status pass through; each side's back-pressure pauses the other side's reader. The
+session itself (its rows, recording, supervision, watchers, moderation and end) is the
+session core's (``broker.session``); this module only translates SSH to it. Any failure
+to record ends the session (fail closed).
+
+On a moderated session (``policy.moderation``) a terminal's keystrokes are dropped until
+a staff observer has joined (the vendor is told), while the device's output still flows
+and is recorded; a channel without a terminal (exec, sftp, scp) does not reach the device
+at all until then, and pauses when the last observer leaves.
 """
 
 from __future__ import annotations
@@ -11,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import asyncssh
@@ -20,7 +26,7 @@ import structlog
 from broker import messages
 from broker.errors import BrokerError
 from broker.grants import render_grants
-from broker.records import SessionEnd, add_recording, close_session, open_session, recording_key
+from broker.session import Closing, LiveSession, Who
 from broker.transfers import (
     FileTransfer,
     TransferRefusal,
@@ -30,8 +36,10 @@ from broker.transfers import (
 )
 from policy.decide import Decision, decide_target
 from policy.models import Device
+from policy.moderation import observer_required
 from recorder.channel import AsciicastRecording, ChannelRecording, StreamRecording
 from recorder.errors import RecorderError
+from recorder.storage import Sink
 
 if TYPE_CHECKING:
     from broker.auth import VendorServer
@@ -59,17 +67,12 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         self.upstream: asyncssh.SSHClientChannel[bytes] | None = None
         self.upstream_conn: asyncssh.SSHClientConnection | None = None
         self.recording: ChannelRecording | None = None
-        self.session_id: str | None = None
+        self.core: LiveSession | None = None
         self.end_reason: str | None = None
         self._pending: list[bytes] = []
         self._pending_eof = False
         self._done = asyncio.Event()
-        # what the supervisor looks at (broker.supervisor.Supervised)
-        self.grant_id: int | None = None
-        self.window_end: datetime | None = None
-        self.idle_timeout: int | None = None
-        self.max_session: int | None = None
-        self.started = self.last_activity = self.ctx.now()
+        self._told_paused = False
         self._vendor_gone = False
         self.exit_status: int | None = None
         self.exit_signal: tuple[str, bool, str] | None = None
@@ -104,12 +107,24 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
     def session_started(self) -> None:
         self.ctx.tasks.spawn(self._run(), name="vendor-session")
 
+    @property
+    def session_id(self) -> str | None:
+        return self.core.session_id if self.core is not None else None
+
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self._done.is_set():
             return
-        self.last_activity = self.ctx.now()
+        core = self.core
+        if core is not None:
+            core.touch()
         if self.upstream is None:
             self._pending.append(data)
+            return
+        assert core is not None
+        if not core.input_allowed:  # moderated, no observer: the keystrokes go nowhere
+            if not self._told_paused:
+                self._told_paused = True
+                self.notify(PAUSED)
             return
         if not self._record(lambda r: r.input(data)):  # nothing reaches the device unrecorded
             return
@@ -133,7 +148,8 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         self.size = (width, height)
         if self.upstream is not None:
             self.upstream.change_terminal_size(width, height, pixwidth, pixheight)
-            self._record(lambda r: r.resize(width, height))
+            if self._record(lambda r: r.resize(width, height)) and self.core is not None:
+                self.core.resized(width, height)
 
     def signal_received(self, signal: str) -> None:
         if self.upstream is not None:
@@ -160,10 +176,10 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
     # -- from the device --------------------------------------------------------------
 
     def from_device(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        chan, recording = self.chan, self.recording
-        if chan is None or self._done.is_set():
+        chan, recording, core = self.chan, self.recording, self.core
+        if chan is None or core is None or self._done.is_set():
             return
-        self.last_activity = self.ctx.now()
+        core.touch()
         if self.tap is not None:
             data = self.tap.server(data) if not datatype else data
             self._tap_events()
@@ -171,8 +187,10 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
             try:
                 recording.output(data, 2 if datatype else 1)
             except RecorderError as exc:
-                self._recording_failed(recording, exc)
+                core.recording_failed(exc)
                 return
+            if self.tap is None:  # terminal and command output is what watchers see
+                core.output_recorded(data)
         chan.write(data, datatype)
 
     # -- the session ------------------------------------------------------------------
@@ -257,17 +275,38 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
     async def _open(self, device: Device, decision: Decision) -> None:
         assert self.chan is not None and decision.grant is not None and self.server.user
         grant = decision.grant
-        self.session_id = await open_session(self.server, device, grant, self.kind, self.command)
-        self.log = self.log.bind(session_id=self.session_id)
-        structlog.contextvars.bind_contextvars(session_id=self.session_id)
-        self.recording = await self._start_recording(self.session_id)
+        settings = self.ctx.settings
+        core = self.core = await LiveSession.open(
+            self.ctx,
+            Who(self.server.login, self.server.user.id, self.server.peer),
+            device,
+            grant,
+            decision.window_end,
+            self,
+            service=SERVICE,
+            kind=self.kind,
+            command=self.command,
+            moderated=observer_required(
+                device.criticality,
+                device.observer_required,
+                grant.observer_required,
+                settings.observer_for_life_sustaining,
+            ),
+        )
+        self.log = self.log.bind(session_id=core.session_id)
+        structlog.contextvars.bind_contextvars(session_id=core.session_id)
+        if self.term:
+            core.terminal = self.size
+        self.recording = await self._start_recording(core)
         self.tap = transfer_tap(self.kind, self.command, grant.transfers)
         if self.tap is not None and self.tap.refusal is not None:
             await self._audit_transfer(self.tap.refusal)
             raise TransferRefused(self.tap.refusal.reason)
-        self.grant_id, self.window_end = grant.id, decision.window_end
-        self.idle_timeout, self.max_session = grant.idle_timeout, grant.max_session
-        self.ctx.supervisor.add(self)
+        self._refuse(core.notice())
+        if core.moderated:
+            self.notify(MODERATED if core.input_allowed else WAITING)
+            if not self.term and not await core.wait_input_allowed():
+                return  # no channel on the device until an observer holds the door
         # a channel on the device: on a shared connection when upstream_reuse is on
         chan, self.upstream_conn = await self.ctx.devices.open_session(
             device,
@@ -290,52 +329,59 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         if self._pending_eof:
             chan.write_eof()
 
-    async def _start_recording(self, session_id: str) -> ChannelRecording:
-        key = recording_key(session_id, f"{self.kind}.{'cast' if self.term else 'sps'}")
-        sink = self.ctx.storage.create(key)
+    async def _start_recording(self, core: LiveSession) -> ChannelRecording:
         started = time.time()
-        recording: ChannelRecording
         if self.term:
-            recording = AsciicastRecording(
-                sink,
-                width=self.size[0],
-                height=self.size[1],
-                started_at=started,
-                term=self.term,
-                command=self.command,
-                title=f"{self.server.login} on {self.server.target and self.server.target.device}",
-            )
-        else:
-            recording = StreamRecording(sink, started_at=started, command=self.command)
-        await add_recording(self.server, session_id, key, recording.format)
-        self.ctx.flusher.add(recording, self._recording_failed)
-        return recording
+            width, height, term = self.size[0], self.size[1], self.term
 
-    def warn(self, text: str) -> None:
-        """A notice on the vendor's terminal (window ending soon)."""
+            def cast(sink: Sink) -> ChannelRecording:
+                return AsciicastRecording(
+                    sink,
+                    width=width,
+                    height=height,
+                    started_at=started,
+                    term=term,
+                    command=self.command,
+                    title=f"{self.server.login} on {core.device.name}",
+                )
+
+            return await core.start_recording(f"{self.kind}.cast", cast, AsciicastRecording.format)
+
+        def stream(sink: Sink) -> ChannelRecording:
+            return StreamRecording(sink, started_at=started, command=self.command)
+
+        return await core.start_recording(f"{self.kind}.sps", stream, StreamRecording.format)
+
+    # -- what the session core asks of this door (broker.session.FrontDoor) ------------
+
+    def notify(self, text: str) -> None:
+        """A notice on the vendor's terminal (window ending soon, an observer, the end)."""
         self._refuse(("\r\n" if self.term else "") + text)
 
-    def terminate(self, reason: str, message: str) -> None:
-        """End the session now (revoked, killed, window over, idle, shutdown)."""
-        self._refuse(message)
+    def stop(self, reason: str, message: str | None) -> None:
+        if message:
+            self._refuse(message)
         self._end(reason)
 
-    def _recording_failed(self, recording: ChannelRecording, exc: RecorderError) -> None:
-        if self._done.is_set():
-            return
-        self.log.error("recording failed", error=exc.message)
-        self._refuse("sallyport: the session recording cannot be written; session closed")
-        self._end("recording-failed")
+    def input_changed(self, allowed: bool) -> None:
+        if allowed:
+            self._told_paused = False
+            self.notify(RESUMED)
+            if self.chan is not None and not self.term:
+                self.chan.resume_reading()
+        else:
+            self.notify(PAUSED_NOW)
+            if self.chan is not None and not self.term:
+                self.chan.pause_reading()  # held, not dropped: a protocol stream stays whole
+
+    def warn(self, text: str) -> None:
+        self.notify(text)
 
     def _record(self, write: Callable[[ChannelRecording], None]) -> bool:
-        if self.recording is None:
+        recording, core = self.recording, self.core
+        if recording is None or core is None:
             return True
-        try:
-            write(self.recording)
-        except RecorderError as exc:
-            self._recording_failed(self.recording, exc)
-            return False
-        return True
+        return core.record(lambda: write(recording))
 
     def _refuse(self, text: str) -> None:
         if self.chan is not None and not self._vendor_gone:
@@ -352,24 +398,27 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         if self.end_reason is None:
             self.end_reason = reason
         self._done.set()
+        if self.core is not None:
+            self.core.mark_end(reason)
 
     async def _finish(self) -> None:
-        self.ctx.supervisor.discard(self)
+        core = self.core
+        if core is not None:
+            core.mark_end(self.end_reason or "closed")
+            self.end_reason = core.end_reason
         if self.upstream is not None:
             self.upstream.close()
         if self.upstream_conn is not None:  # closes it, or frees its slot when shared
             self.ctx.devices.release(self.upstream_conn)
-        if self.recording is not None:
-            self.ctx.flusher.discard(self.recording)
-            try:  # what the vendor saw reaches the file before the vendor sees the end
-                self.recording.flush()
-            except RecorderError as exc:
-                self._recording_failed(self.recording, exc)
+        if core is not None:  # what the vendor saw reaches the file before the vendor sees the end
+            core.flush_recordings()
+            self.end_reason = core.end_reason
         self._close_vendor()
         if self.tap is not None:
             for event in self.tap.close():
                 await self._audit_transfer(event)
-        await self._finalize()
+        if core is not None:
+            await core.close(Closing(self.exit_status))
 
     def _tap_events(self) -> None:
         assert self.tap is not None
@@ -415,15 +464,15 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         else:
             chan.close()
 
-    async def _finalize(self) -> None:
-        if self.session_id is None:
-            return
-        stored = None
-        if self.recording is not None:  # fsync off the event loop: other sessions go on
-            complete = self.end_reason != "recording-failed"
-            stored = await asyncio.to_thread(self.recording.close, complete)
-        end = SessionEnd(self.end_reason or "closed", self.exit_status, stored)
-        await close_session(self.server, self.session_id, end)
+
+MODERATED = "sallyport: this session is moderated: a staff observer is watching"
+WAITING = (
+    "sallyport: this session is moderated: nothing you type reaches the device until a "
+    "staff observer has joined; waiting for one"
+)
+PAUSED = "sallyport: input paused: this moderated session has no staff observer right now"
+PAUSED_NOW = "sallyport: the last observer left; input paused until a staff observer joins again"
+RESUMED = "sallyport: a staff observer has joined; your input reaches the device"
 
 
 def env_allowed(name: str) -> bool:

@@ -90,6 +90,10 @@ class Supervisor:
     def discard(self, session: Supervised) -> None:
         self.live.pop(session, None)
 
+    def find(self, session_id: str) -> Supervised | None:
+        """The live session with this id on this gateway process, if any."""
+        return next((s for s in self.live if s.session_id == session_id), None)
+
     def nudge(self) -> None:
         """Check now (an in-process revocation or kill was just written)."""
         self._wake.set()

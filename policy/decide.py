@@ -50,6 +50,7 @@ class GrantView:
     transfers: str = "read-write"
     idle_timeout: int | None = None
     max_session: int | None = None
+    observer_required: bool = False  # moderated: a staff observer must be present
     # sessions only inside an occurrence of this weekly window (policy.windows)
     recurrence: Weekly | None = None
 

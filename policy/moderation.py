@@ -11,6 +11,8 @@ asks, the front doors act.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from policy.errors import InvalidInput
 from policy.models import Criticality
 
@@ -37,6 +39,14 @@ def observer_required(
 def input_allowed(required: bool, observers: int) -> bool:
     """May the vendor's input reach the device now?"""
     return not required or observers > 0
+
+
+OBSERVER_ROLES = frozenset({"biomed", "security"})
+
+
+def may_observe(roles: Iterable[str]) -> bool:
+    """Staff who may watch live sessions and hold the door of moderated ones."""
+    return bool(OBSERVER_ROLES.intersection(roles))
 
 
 def parse_observer_rule(text: str | bool | None) -> bool | None:

@@ -111,6 +111,7 @@ def grant_view(grant: Grant, device_names: set[str]) -> GrantView:
         transfers=grant.transfers,
         idle_timeout=grant.idle_timeout,
         max_session=grant.max_session,
+        observer_required=grant.observer_required,
         # a stored window that no longer parses raises: no guessing at when access is open
         recurrence=Weekly.parse(grant.recurrence) if grant.recurrence is not None else None,
     )

@@ -77,6 +77,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         database_url=database_url,
         gateway_host="127.0.0.1",
         gateway_port=0,
+        browser_port=0,
         recordings_dir=data / "recordings",
         node_name="test-node",
     )

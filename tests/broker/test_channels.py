@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -65,10 +66,19 @@ async def tags(db: Sessions) -> list[str]:
 
 
 async def denial_reasons(db: Sessions) -> list[str]:
+    """The forward refusals audited, once there is one (the gateway writes them from a
+    task of their own, which may finish after the client has exited)."""
     await settled(db)
-    async with db() as s:
-        rows = await s.scalars(select(AuditEvent).where(AuditEvent.tag == "broker:forward:deny"))
-        return [row.detail["reason"] for row in rows]
+    for _ in range(100):
+        async with db() as s:
+            rows = await s.scalars(
+                select(AuditEvent).where(AuditEvent.tag == "broker:forward:deny")
+            )
+            reasons = [row.detail["reason"] for row in rows]
+        if reasons:
+            return reasons
+        await asyncio.sleep(0.05)
+    return []
 
 
 async def test_proxyjump_gives_a_recorded_session_with_injected_credential(

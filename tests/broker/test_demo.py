@@ -61,7 +61,7 @@ def test_readme_demo_from_clean_checkout(tmp_path: Path) -> None:
     checkout = tmp_path / "checkout"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(checkout)], check=True)
     data = tmp_path / "demo"
-    ssh_port, web_port = free_port(), free_port()
+    ssh_port, web_port, browser_port = free_port(), free_port(), free_port()
     argv = [
         *readme_demo_command(),
         "--data",
@@ -70,6 +70,8 @@ def test_readme_demo_from_clean_checkout(tmp_path: Path) -> None:
         str(ssh_port),
         "--web-port",
         str(web_port),
+        "--browser-port",
+        str(browser_port),
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SALLYPORT_")}
     env["SALLYPORT_VENV"] = str(tmp_path / "venv")  # a fresh virtualenv, as on a new machine
@@ -87,6 +89,7 @@ def test_readme_demo_from_clean_checkout(tmp_path: Path) -> None:
         creds = json.loads((data / "demo-credentials.json").read_text())
         assert creds["ssh"] == {"host": "127.0.0.1", "port": ssh_port}
         assert creds["web"]["url"] == f"http://127.0.0.1:{web_port}"
+        assert creds["browser_door"]["url"] == f"ws://127.0.0.1:{browser_port}/door"
         assert Path(creds["vendor"]["private_key"]).is_absolute()
         assert {"login", "password", "totp_secret", "private_key"} <= creds["vendor"].keys()
         assert creds["devices"][0]["name"] == "pump-12"

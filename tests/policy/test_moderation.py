@@ -98,3 +98,14 @@ def test_a_device_rule_round_trips_and_refuses_other_words() -> None:
     with pytest.raises(InvalidInput) as refused:
         parse_observer_rule("sometimes")
     assert refused.value.code == "observer-invalid"
+
+
+@pytest.mark.parametrize(
+    ("roles", "may"),
+    [(["security"], True), (["biomed"], True), (["admin"], False), ([], False),
+     (["admin", "biomed"], True)],
+)  # fmt: skip
+def test_who_may_observe(roles: list[str], may: bool) -> None:
+    from policy.moderation import may_observe
+
+    assert may_observe(roles) is may

@@ -86,9 +86,9 @@ def test_ecdsa_accepted_with_curve_size() -> None:
 def dsa_line() -> str:
     # OpenSSH's ssh-dss only exists with 1024-bit keys; cryptography refuses to
     # serialize larger ones ("SSH supports only 1024 bit DSA keys").
-    public = dsa.generate_private_key(1024).public_key()  # noqa: S505 - refused key
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # cryptography 51 warns at the attribute itself
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        public = dsa.generate_private_key(1024).public_key()  # noqa: S505 - refused key
         return public.public_bytes(
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
         ).decode()

@@ -438,3 +438,67 @@ def test_the_web_node_reports_health_on_the_shared_database(cluster: Cluster) ->
     assert cluster.web.metric("sallyport_sessions_live") == 0  # a web node runs no gateway
     for node in cluster.gateways:
         assert node.health()[0] == 200
+
+
+async def test_a_browser_ticket_works_on_any_gateway_node_and_only_once(
+    cluster: Cluster, db: Sessions, vault: Vault, tmp_path: Path
+) -> None:
+    """The portal stores the ticket, not a node: node B redeems it and opens the terminal;
+    the same ticket shown to node A afterwards is refused as used."""
+    import json
+
+    import aiohttp
+
+    from policy import tickets
+    from policy.models import Device, WebSession, utcnow
+
+    vendor = await enroll(db, vault, tmp_path, "browser-any-node")
+    portal = "portal-of-" + vendor.login
+    async with db() as s:
+        user_id = await s.scalar(select(VendorUser.id).where(VendorUser.login == vendor.login))
+        device_id = await s.scalar(select(Device.id).where(Device.name == DEVICE))
+        s.add(WebSession(id=portal, data={}, expires_at=utcnow() + timedelta(hours=1)))
+        await s.commit()
+        token = await tickets.issue_connect(
+            s, vendor_user_id=int(user_id or 0), actor=vendor.login, grant_id=vendor.grant_id,
+            device_id=int(device_id or 0), service="ssh", web_session_id=portal,
+            step_up_at=utcnow(), now=utcnow(),
+        )  # fmt: skip
+
+    async def door(node: Node) -> list[dict[str, object]]:
+        """Present the ticket to ``node``; type a command if it opens; what came back."""
+        messages: list[dict[str, object]] = []
+        output = bytearray()
+        url = f"http://127.0.0.1:{node.settings.browser_port}/door"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(url, origin=node.settings.portal_origin()) as ws,
+        ):
+            await ws.send_str(json.dumps({"type": "hello", "ticket": token}))
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    output.extend(msg.data)
+                    if b"via-b-7" in output:
+                        await ws.send_str(json.dumps({"type": "input", "data": "exit\r"}))
+                elif msg.type == aiohttp.WSMsgType.TEXT:
+                    messages.append(json.loads(msg.data))
+                    if messages[-1]["type"] == "ready":
+                        command = {"type": "input", "data": "echo via-b-$((3+4))\r"}
+                        await ws.send_str(json.dumps(command))
+        return messages
+
+    on_b = await door(cluster.b)
+    assert on_b[0]["type"] == "ready"
+    assert on_b[-1]["type"] == "end" and on_b[-1]["reason"] == "exit"
+    session, _recording = await closed_session(db, vendor.login)
+    assert session.gateway_node == "node-b" and session.kind == "shell"
+    assert b"via-b-7" in await stored_recording(cluster, db, vendor.login, "node-b")
+
+    on_a = await door(cluster.a)
+    assert on_a == [
+        {
+            "type": "error",
+            "reason": "ticket-used",
+            "message": "sallyport: " + tickets.MESSAGES["ticket-used"],
+        }
+    ]

@@ -229,6 +229,7 @@ def _spawn(
         gateway_port=free_port(),
         web_host="127.0.0.1",
         web_port=free_port(),
+        browser_port=free_port(),
     )
     config = workdir / f"{chosen.node_name}.toml"
     config.write_text(render_settings(chosen))

@@ -30,6 +30,7 @@
   var inputEl = document.getElementById("door-input");
   var observersEl = document.getElementById("door-observers");
   var endButton = document.getElementById("door-end");
+  var INPUT_CHUNK = 4096;
   var YELLOW = "\x1b[33m";
   var RED = "\x1b[1;31m";
   var RESET = "\x1b[0m";
@@ -87,6 +88,13 @@
       status(text, false);
       if (vendor) {
         term.focus();
+      } else if (m.cols && m.rows) {
+        term.resize(m.cols, m.rows); // the vendor's terminal size, so lines wrap as theirs
+      }
+    },
+    resize: function (m) {
+      if (!vendor) {
+        term.resize(m.cols, m.rows);
       }
     },
     notice: function (m) {
@@ -138,15 +146,32 @@
   });
 
   if (vendor) {
+    // A paste can be long: at most INPUT_CHUNK characters (whole code points) a message,
+    // so a frame stays far below the gateway's 64 KiB limit even when JSON escapes it.
     term.onData(function (data) {
-      send({ type: "input", data: data });
+      var chunk = "";
+      var count = 0;
+      for (var ch of data) {
+        chunk += ch;
+        count += 1;
+        if (count === INPUT_CHUNK) {
+          send({ type: "input", data: chunk });
+          chunk = "";
+          count = 0;
+        }
+      }
+      if (chunk) {
+        send({ type: "input", data: chunk });
+      }
     });
     term.onResize(function (size) {
       send({ type: "resize", cols: size.cols, rows: size.rows });
     });
   }
   window.addEventListener("resize", function () {
-    fit.fit();
+    if (vendor) {
+      fit.fit(); // a watcher keeps the vendor's size
+    }
   });
 
   if (endButton) {
