@@ -45,6 +45,7 @@ from policy.config import Settings
 from policy.errors import InvalidInput, NotFound, PolicyError
 from policy.keyfiles import load_signing_key
 from policy.models import AccessRequest, AuditEvent, Device, Recording, Session, VendorUser
+from policy.moderation import may_observe
 from policy.snapshot import device_snapshot
 from recorder import review, search
 from recorder.backends import open_storage
@@ -449,14 +450,15 @@ async def live_page(request: web.Request) -> web.StreamResponse:
 async def _live(request: web.Request, error: str | None = None, status: int = 200) -> web.Response:
     async with ctx(request).sessions() as db:
         rows = await review.list_sessions(db, live=True, limit=review.MAX_LIST)
-    can_review = principal(request).has_any(*REVIEWERS)
+    who = principal(request)
     return render(
         request,
         "review/live.html",
         status=status,
         error=error,
         rows=rows,
-        can_review=can_review,
+        can_review=who.has_any(*REVIEWERS),
+        can_watch=may_observe(who.roles),
     )
 
 

@@ -10,7 +10,7 @@
   the terminal page: xterm.js, talking to the gateway's browser door (the WebSocket URL
   ``Settings.browser_door_url()``) with the ticket. The gateway redeems the ticket,
   decides again and runs the session; the portal never talks to the gateway.
-* ``GET /live/{session_id}/watch`` (security, biomed, admin): a watch ticket for a live
+* ``GET /live/{session_id}/watch`` (security, biomed): a watch ticket for a live
   session and a read-only terminal with an "End session" button.
 
 Audit: ``web:ticket:issue`` (purpose, device, grant or session; never the ticket),
@@ -43,6 +43,7 @@ from policy.decide import Decision, Reason, decide_target
 from policy.errors import Conflict, Forbidden, NotFound, PolicyError
 from policy.models import Device, VendorUser
 from policy.models import Session as SessionRow
+from policy.moderation import OBSERVER_ROLES
 from web import sessions
 from web.auth import check_second_factor, principal, requires
 from web.context import ctx
@@ -51,7 +52,7 @@ from web.render import render
 from web.security import CSP
 
 SERVICE = "ssh"
-WATCHERS = ("security", "biomed", "admin")
+WATCHERS = tuple(sorted(OBSERVER_ROLES))  # the gateway lets only these watch
 XTERM_DIR = Path(__file__).parent / "assets" / "node_modules" / "@xterm"
 XTERM_FILES = {
     "xterm.js": XTERM_DIR / "xterm" / "lib" / "xterm.js",

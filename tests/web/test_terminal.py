@@ -397,3 +397,20 @@ async def test_vendors_cannot_watch(eng: Vendor, db: Sessions) -> None:
     assert resp.status == 403
     assert await ticket_rows(db) == 0
     assert (await eng.client.get("/live")).status == 403
+
+
+async def test_admins_without_an_observer_role_cannot_watch(
+    eng: Vendor, web_app: WebApp, db: Sessions, make_staff: MakeStaff, login: Login
+) -> None:
+    session_id = await live_session(db)
+    _user, password, secret = await make_staff("ada", ["admin"])
+    ada = web_app.browser()
+    await login(ada, "ada", password, secret)
+    live = await ada.get("/live")
+    assert live.status == 200
+    page = await live.text()
+    assert session_id in page and f"/live/{session_id}/watch" not in page
+    refused = await ada.get(f"/live/{session_id}/watch")
+    assert refused.status == 403
+    assert "this needs the biomed or security role" in await refused.text()
+    assert await ticket_rows(db) == 0
