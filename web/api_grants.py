@@ -52,6 +52,11 @@ GRANT: Schema = obj(
         "schedule": text("once, or the weekly window sessions may start in"),
         "approved_by": text("ROLE:LOGIN,... of the approvals that made it"),
         "transfers": text("the file transfer rule: read-write, download-only, ..."),
+        "observer_required": {
+            "type": "boolean",
+            "description": "the approvers asked for a staff observer (moderated sessions); "
+            "a device may require one too",
+        },
         "created_at": TIME,
         "revoked_at": nullable(TIME),
         "revoked_by": nullable(text()),
@@ -80,6 +85,7 @@ def grant_json(grant: Grant) -> dict[str, Any]:
         "schedule": schedule(grant.recurrence),
         "approved_by": grant.approved_by,
         "transfers": grant.transfers,
+        "observer_required": grant.observer_required,
         "created_at": stamp(grant.created_at),
         "revoked_at": maybe_stamp(grant.revoked_at),
         "revoked_by": grant.revoked_by,

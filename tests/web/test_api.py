@@ -161,6 +161,7 @@ async def test_the_checker_rejects_a_response_that_strays_from_the_document(
         "schedule": "once",
         "approved_by": "biomed:bea",
         "transfers": "read-write",
+        "observer_required": False,
         "created_at": "2030-04-30T08:00:00Z",
         "revoked_at": None,
         "revoked_by": None,
