@@ -52,6 +52,7 @@ class VendorServer(asyncssh.SSHServer):
         self._pending: str | None = None  # the method whose success asyncssh reports next
         self._first_method = ""
         self._refusals: list[str] = []
+        self.auth_started = False  # the peer began to log in (a failure counts, broker.preauth)
 
     # -- connection ---------------------------------------------------------------
 
@@ -108,6 +109,11 @@ class VendorServer(asyncssh.SSHServer):
     # -- first factor -------------------------------------------------------------
 
     async def begin_auth(self, username: str) -> bool:
+        if not self.auth_started:  # the system use notification, before any prompt
+            self.auth_started = True
+            self._banner(
+                self.ctx.settings.banner_text().replace("\r\n", "\n").replace("\n", "\r\n")
+            )
         self.factor, self._pending, self.user = Factor.NONE, None, None
         self.target = parse_username(username)
         if self.target is None:

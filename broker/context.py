@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.ca import HostCA
 from broker.devicepool import DevicePool
+from broker.preauth import AuditThrottle, PreAuthLimiter
 from broker.supervisor import Supervisor
 from broker.tasks import TaskSet
 from policy.cache import PolicyCache
@@ -39,6 +40,9 @@ class GatewayContext:
     supervisor: Supervisor = field(init=False)
     devices: DevicePool = field(init=False)  # device connections (shared when upstream_reuse)
     policy: PolicyCache = field(init=False)  # logins, devices, grants (policy.cache)
+    preauth: PreAuthLimiter = field(init=False)  # the SSH listener's, before login
+    door_preauth: PreAuthLimiter = field(init=False)  # the browser door's, before a ticket
+    refusals: AuditThrottle = field(default_factory=AuditThrottle)  # pre-login refusal events
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -54,6 +58,15 @@ class GatewayContext:
             connect_timeout=s.upstream_connect_timeout,
         )
         self.policy = PolicyCache.for_url(self.sessions, s.database_url)
+        self.preauth, self.door_preauth = (
+            PreAuthLimiter(
+                per_source=s.per_source_max_startups,
+                total=s.max_startups,
+                penalty_failures=s.penalty_failures,
+                penalty_seconds=s.penalty_seconds,
+            )
+            for _ in range(2)
+        )
 
     def now(self) -> datetime:
         return self.clock()

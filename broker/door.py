@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from broker.errors import BrokerError
+from broker.preauth import Refusal, record_refusal
 from policy.models import StaffUser
 from policy.moderation import may_observe
 from policy.tickets import Redeemed, TicketRefused, redeem
@@ -42,9 +42,8 @@ log = structlog.get_logger(__name__)
 PATH = "/door"
 HELLO_SECONDS = 10.0
 MAX_FRAME = 64 * 1024
-PREAUTH_PER_SOURCE = 10  # sockets that have not shown a ticket yet, per address
-PREAUTH_TOTAL = 200
 WATCHER_QUEUE_BYTES = 4 * 1024 * 1024  # a watcher this far behind is dropped, never waited for
+PRE_TICKET = frozenset({"malformed", "frame-too-large", "hello-timeout", "ticket-malformed"})
 CLOSE_REFUSED = 4403
 CLOSE_MALFORMED = 4400
 
@@ -167,7 +166,6 @@ class BrowserDoor:
     ctx: GatewayContext
     runner: web.AppRunner | None = None
     site: web.TCPSite | None = None
-    _preauth: Counter[str] = field(default_factory=Counter)
 
     async def start(self, host: str, port: int) -> int:
         app = web.Application()
@@ -195,34 +193,32 @@ class BrowserDoor:
         origin = request.headers.get("Origin", "")
         expected = self.ctx.settings.portal_origin()
         if origin.lower() != expected:
-            await self.ctx.audit.record(
-                "broker:door:deny", reason="origin", origin=origin[:200], client=source
-            )
+            record_refusal(self.ctx, source, "origin", listener="browser-door", origin=origin[:200])
             return web.Response(
                 status=403, text=f"sallyport: WebSocket from origin {origin!r} refused\n"
             )
-        if self._preauth[source] >= PREAUTH_PER_SOURCE or sum(self._preauth.values()) >= (
-            PREAUTH_TOTAL
-        ):
-            await self.ctx.audit.record("broker:door:deny", reason="preauth-limit", client=source)
+        admission = self.ctx.door_preauth.admit(source)
+        if isinstance(admission, Refusal):
+            record_refusal(self.ctx, source, admission.reason, listener="browser-door")
             return web.Response(
                 status=429,
-                text="sallyport: too many unauthenticated connections; try again later\n",
-                headers={"Retry-After": "10"},
+                text=f"sallyport: {admission.message}\n",
+                headers={"Retry-After": str(max(1, round(admission.retry_after)))},
             )
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30, autoping=True)
         await ws.prepare(request)
         sock = Socket(ws)
         sock.start(self.ctx)
-        self._preauth[source] += 1
         try:
             try:
                 hello = parse_hello(await receive_json(ws, HELLO_SECONDS))
                 redeemed = await self._redeem(hello.ticket)
+            except DoorError:
+                self.ctx.door_preauth.failed(source)
+                raise
             finally:  # the ticket was shown (or the socket is done): no longer pre-auth
-                self._preauth[source] -= 1
-                if self._preauth[source] <= 0:
-                    del self._preauth[source]
+                admission.release()
+            self.ctx.door_preauth.succeeded(source)
             if redeemed.purpose == "connect":
                 from broker.webterm import WebTerminal
 
@@ -243,7 +239,10 @@ class BrowserDoor:
             raise DoorError(exc.code, exc.message) from None
 
     async def _refuse(self, sock: Socket, source: str, exc: DoorError) -> None:
-        await self.ctx.audit.record("broker:door:deny", reason=exc.code, client=source)
+        if exc.code in PRE_TICKET:  # a flood of these must not flood the audit chain
+            record_refusal(self.ctx, source, exc.code, listener="browser-door")
+        else:
+            await self.ctx.audit.record("broker:door:deny", reason=exc.code, client=source)
         sock.send({"type": "error", "reason": exc.code, "message": f"sallyport: {exc.message}"})
         code = CLOSE_MALFORMED if exc.code in ("malformed", "frame-too-large") else CLOSE_REFUSED
         await sock.close(code, exc.code)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +19,13 @@ from broker.errors import BrokerError
 from broker.forward import open_forward, refuse_nested
 from broker.jump import inner_state
 from broker.keys import load_host_key
-from broker.proxyproto import ProxyListener, listen_with_proxy_protocol, ssh_handler
+from broker.preauth import Refusal, record_refusal
+from broker.proxyproto import (
+    ConnectionHandler,
+    ProxyListener,
+    listen_with_proxy_protocol,
+    serve_ssh_over_proxy,
+)
 from broker.recovery import recover_orphans
 from broker.relay import VendorSession
 from policy.config import Settings
@@ -96,7 +104,7 @@ def build_context(settings: Settings) -> GatewayContext:
 @dataclass
 class Gateway:
     ctx: GatewayContext
-    acceptor: asyncssh.SSHAcceptor | ProxyListener
+    acceptor: ProxyListener
     door: BrowserDoor
     browser_port: int  # the browser door's bound port
     closed: bool = False
@@ -173,7 +181,6 @@ GATEWAY_OPTIONS: dict[str, Any] = {
     "allow_scp": False,
     "allow_pty": True,
     "config": None,
-    "login_timeout": 60,
     "keepalive_interval": 30,
     "server_version": "sallyport",
     "encryption_algs": VENDOR_CIPHERS,
@@ -182,13 +189,52 @@ GATEWAY_OPTIONS: dict[str, Any] = {
 
 async def _listen(
     ctx: GatewayContext, host: str, port: int, host_key: asyncssh.SSHKey
-) -> asyncssh.SSHAcceptor | ProxyListener:
-    options = {**GATEWAY_OPTIONS, "server_host_keys": [host_key]}
-    if ctx.settings.gateway_proxy_protocol:  # behind a load balancer: its header names the vendor
-        return await listen_with_proxy_protocol(
-            host,
-            port,
-            trusted=ctx.settings.gateway_proxy_trusted,
-            on_connection=ssh_handler(lambda _client: GatewayServer(ctx), options),
-        )
-    return await asyncssh.listen(host, port, server_factory=lambda: GatewayServer(ctx), **options)
+) -> ProxyListener:
+    """Our own accept loop (``broker.proxyproto``), with the PROXY protocol behind a load
+    balancer (its header names the vendor), so each connection is admitted or refused
+    (``broker.preauth``) before any SSH work is done."""
+    settings = ctx.settings
+    options = {
+        **GATEWAY_OPTIONS,
+        "server_host_keys": [host_key],
+        "login_timeout": settings.login_grace_seconds,
+    }
+    return await listen_with_proxy_protocol(
+        host,
+        port,
+        trusted=settings.gateway_proxy_trusted if settings.gateway_proxy_protocol else None,
+        on_connection=admitted_ssh(ctx, options),
+    )
+
+
+def admitted_ssh(ctx: GatewayContext, options: dict[str, Any]) -> ConnectionHandler:
+    """Run the SSH server on each admitted connection; the admission lasts until the
+    vendor has logged in or left. A refused connection hears why in one line (SSH lets a
+    server send lines before its version) and is closed; a throttled audit event says so."""
+    base = asyncssh.SSHServerConnectionOptions(**options)
+
+    async def on_connection(sock: socket.socket, client: tuple[str, int]) -> None:
+        source = client[0]
+        admission = ctx.preauth.admit(source)
+        if isinstance(admission, Refusal):
+            with contextlib.suppress(OSError):
+                sock.send(f"sallyport: {admission.message}\r\n".encode())
+            sock.close()
+            record_refusal(ctx, source, admission.reason, listener="ssh")
+            return
+        servers: list[GatewayServer] = []
+
+        def factory(_client: tuple[str, int]) -> asyncssh.SSHServer:
+            servers.append(GatewayServer(ctx))
+            return servers[-1]
+
+        try:
+            conn = await serve_ssh_over_proxy(sock, client, factory, base)
+        finally:
+            admission.release()
+        if conn is not None:
+            ctx.preauth.succeeded(source)
+        elif servers and servers[0].auth_started:
+            ctx.preauth.failed(source)  # began to log in and did not finish: counts
+
+    return on_connection

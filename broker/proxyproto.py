@@ -292,7 +292,8 @@ def is_trusted(host: str, networks: Sequence[Network]) -> bool:
 
 
 class ProxyListener:
-    """Accepts TCP, checks the peer and the header, hands the socket on. Like
+    """Accepts TCP, checks the peer and the header (``trusted`` None: no PROXY protocol,
+    the peer is the client), hands the socket on. Like
     ``asyncio.Server`` (``sockets``, ``close``, ``wait_closed``; ``get_port`` as on
     ``SSHAcceptor``): ``close()`` stops accepting; ``wait_closed()`` cancels what is not
     handed on yet and handlers still running (logins in progress, for ``ssh_handler``);
@@ -301,12 +302,12 @@ class ProxyListener:
     def __init__(
         self,
         sockets: Sequence[socket.socket],
-        trusted: Sequence[Network],
+        trusted: Sequence[Network] | None,
         on_connection: ConnectionHandler,
         header_timeout: float,
     ) -> None:
         self._sockets = tuple(sockets)
-        self._trusted = tuple(trusted)
+        self._trusted = tuple(trusted) if trusted is not None else None
         self._on_connection = on_connection
         self._timeout = header_timeout
         self._tasks = TaskSet()
@@ -361,6 +362,9 @@ class ProxyListener:
             self._loop.add_reader(lsock.fileno(), self._accept, lsock)
 
     async def _handle(self, conn: socket.socket, peer: Address) -> None:
+        if self._trusted is None:
+            await self._hand_on(conn, peer)
+            return
         try:
             if not is_trusted(peer[0], self._trusted):
                 raise ProxyError(
@@ -381,6 +385,9 @@ class ProxyListener:
             raise
         client = peer if header.source is None else header.source
         log.debug("proxied", client=_text(client), balancer=_text(peer), local=header.local)
+        await self._hand_on(conn, client)
+
+    async def _hand_on(self, conn: socket.socket, client: Address) -> None:
         try:
             await self._on_connection(conn, client)
         except asyncio.CancelledError:
@@ -404,7 +411,7 @@ async def listen_with_proxy_protocol(
     host: str | None,
     port: int,
     *,
-    trusted: Sequence[str],
+    trusted: Sequence[str] | None,
     on_connection: ConnectionHandler,
     header_timeout: float = HEADER_TIMEOUT,
     backlog: int = 128,
@@ -412,8 +419,9 @@ async def listen_with_proxy_protocol(
     """Listen on ``host:port`` (every address ``host`` resolves to; all if empty) for
     connections from the ``trusted`` balancer networks (CIDRs), each starting with a
     PROXY v1 or v2 header. ``on_connection(sock, client)`` gets the non-blocking socket
-    right after the header, and from then on owns it."""
-    networks = parse_trusted(trusted)
+    right after the header, and from then on owns it. With ``trusted`` None there is no
+    header: every peer is a client, handed on as it is accepted."""
+    networks = parse_trusted(trusted) if trusted is not None else None
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -435,7 +443,10 @@ async def listen_with_proxy_protocol(
         raise
     listener = ProxyListener(sockets, networks, on_connection, header_timeout)
     listener.start()
-    log.info("listening for PROXY protocol", addresses=[s.getsockname() for s in sockets])
+    log.info(
+        "listening" + (" for PROXY protocol" if networks is not None else ""),
+        addresses=[s.getsockname() for s in sockets],
+    )
     return listener
 
 

@@ -16,6 +16,11 @@ from typing import Any
 from policy.errors import ConfigError
 
 ENV_PREFIX = "SALLYPORT_"
+DEFAULT_BANNER = (
+    "Authorized use only. This is the hospital's gateway to clinical device networks.\n"
+    "Every session is recorded and may be monitored; by continuing you consent to this.\n"
+    "Unauthorized use is prohibited and may be prosecuted."
+)
 
 
 @dataclass(frozen=True)
@@ -70,12 +75,39 @@ class Settings:
     browser_port: int = 8022
     browser_public_url: str = ""  # empty: ws://{gateway_public_host}:{browser_port}/door
     observer_for_life_sustaining: bool = True  # life-sustaining devices need a staff observer
+    # before authentication (broker.preauth), as OpenSSH's LoginGraceTime, MaxStartups,
+    # PerSourceMaxStartups and PerSourcePenalties
+    login_grace_seconds: int = 30  # time to finish key + code; enough to read a phone
+    max_startups: int = 200  # unauthenticated connections in all ...
+    per_source_max_startups: int = 10  # ... and per address (IPv6: per /64)
+    # this many failed logins from one address within a minute (more than the account
+    # lockout's 5, so a person is told of that first) refuse the address penalty_seconds,
+    # doubling with each further penalty up to 10 minutes
+    penalty_failures: int = 10
+    penalty_seconds: int = 30
+    banner: str = DEFAULT_BANNER  # system use notification (AC-8) before login, SSH and web
+    banner_file: str = ""  # when set, the banner is this file's text
 
     def __post_init__(self) -> None:
         if self.upstream_max_channels < 1:
             raise ConfigError("config-invalid", "gateway.upstream_max_channels: at least 1")
         if self.upstream_idle_seconds < 0:
             raise ConfigError("config-invalid", "gateway.upstream_idle_seconds: not negative")
+        for name in ("login_grace_seconds", "max_startups", "per_source_max_startups",
+                     "penalty_failures", "penalty_seconds"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ConfigError("config-invalid", f"gateway.{name}: at least 1")
+
+    def banner_text(self) -> str:
+        """The system use notification shown before login (the file's text when set)."""
+        if self.banner_file:
+            try:
+                return Path(self.banner_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    "config-invalid", f"gateway.banner_file: cannot read {self.banner_file}: {exc}"
+                ) from None
+        return self.banner.strip()
 
     def browser_door_url(self) -> str:
         """The WebSocket URL the portal gives browsers for the gateway's browser door."""
@@ -159,6 +191,13 @@ _FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("gateway", "browser_port"): ("browser_port", int),
     ("gateway", "browser_public_url"): ("browser_public_url", str),
     ("session", "observer_for_life_sustaining"): ("observer_for_life_sustaining", bool),
+    ("gateway", "login_grace_seconds"): ("login_grace_seconds", int),
+    ("gateway", "max_startups"): ("max_startups", int),
+    ("gateway", "per_source_max_startups"): ("per_source_max_startups", int),
+    ("gateway", "penalty_failures"): ("penalty_failures", int),
+    ("gateway", "penalty_seconds"): ("penalty_seconds", int),
+    ("gateway", "banner"): ("banner", str),
+    ("gateway", "banner_file"): ("banner_file", str),
     ("audit", "checkpoint_every"): ("audit_checkpoint_every", int),
     ("audit", "checkpoint_seconds"): ("audit_checkpoint_seconds", float),
     ("log", "format"): ("log_format", str),

@@ -265,7 +265,8 @@ async def test_other_origins_and_bad_frames_are_refused(
     assert big.ws.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG  # the reason, in the close
     session = await ended(db, big.of("ready")[0]["session_id"])
     assert session.end_reason == "frame-too-large"
-    reasons = [d.get("reason") for t, d in await tags(db) if t == "broker:door:deny"]
+    # refused before any ticket: audited as pre-login refusals (throttled per source)
+    reasons = [d.get("reason") for t, d in await tags(db) if t == "broker:preauth:refuse"]
     assert reasons[:2] == ["origin", "malformed"]
 
 
