@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import socket
+import struct
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -212,15 +213,17 @@ def admitted_ssh(ctx: GatewayContext, options: dict[str, Any]) -> ConnectionHand
     vendor has logged in or left. A refused connection hears why in one line (SSH lets a
     server send lines before its version) and is closed; a throttled audit event says so."""
     base = asyncssh.SSHServerConnectionOptions(**options)
+    telling: set[socket.socket] = set()
 
     async def on_connection(sock: socket.socket, client: tuple[str, int]) -> None:
         source = client[0]
         admission = ctx.preauth.admit(source)
         if isinstance(admission, Refusal):
-            with contextlib.suppress(OSError):
-                sock.send(f"sallyport: {admission.message}\r\n".encode())
-            sock.close()
             record_refusal(ctx, source, admission.reason, listener="ssh")
+            if len(telling) < TELL_AT_ONCE:  # a flood is closed at once, never waited on
+                await tell_and_close(sock, f"sallyport: {admission.message}", telling)
+            else:
+                sock.close()
             return
         servers: list[GatewayServer] = []
 
@@ -238,3 +241,42 @@ def admitted_ssh(ctx: GatewayContext, options: dict[str, Any]) -> ConnectionHand
             ctx.preauth.failed(source)  # began to log in and did not finish: counts
 
     return on_connection
+
+
+TELL_AT_ONCE = 32  # refused connections told why at the same time; more are just closed
+DISCONNECT_TOO_MANY_CONNECTIONS = 12  # RFC 4253, 11.1
+
+
+async def tell_and_close(sock: socket.socket, text: str, telling: set[socket.socket]) -> None:
+    """Refuse in SSH's own words, so stock OpenSSH prints the reason ("Received disconnect
+    ... too many ..."): exchange versions, send a cleartext SSH_MSG_DISCONNECT (allowed
+    before key exchange), then close. Bounded in time (a few seconds) and in number."""
+    loop = asyncio.get_running_loop()
+    telling.add(sock)
+    try:
+        await loop.sock_sendall(sock, b"SSH-2.0-sallyport\r\n")
+        await asyncio.wait_for(loop.sock_recv(sock, 256), 5)  # the client's version line
+        await loop.sock_sendall(sock, disconnect_packet(DISCONNECT_TOO_MANY_CONNECTIONS, text))
+        sock.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(loop.sock_recv(sock, 4096), 2)  # until the client closes
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        telling.discard(sock)
+        sock.close()
+
+
+def disconnect_packet(code: int, text: str) -> bytes:
+    """An unencrypted SSH binary packet carrying SSH_MSG_DISCONNECT (RFC 4253, 6 and 11.1)."""
+    description = text.encode()
+    payload = (
+        bytes([1])  # SSH_MSG_DISCONNECT
+        + struct.pack(">I", code)
+        + struct.pack(">I", len(description))
+        + description
+        + struct.pack(">I", 0)  # language tag: none
+    )
+    padding = 8 - (len(payload) + 5) % 8
+    padding += 8 if padding < 4 else 0
+    body = bytes([padding]) + payload + bytes(padding)
+    return struct.pack(">I", len(body)) + body

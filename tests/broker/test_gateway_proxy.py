@@ -90,3 +90,43 @@ async def test_a_connection_without_the_header_is_refused(
     vendor.gateway = balanced_gateway
     result = await vendor.ssh("pump-12", "echo direct")
     assert result.returncode == 255 and result.stdout == b""
+
+
+async def test_behind_the_balancer_the_limits_count_the_vendors_address(
+    vendor: VendorLogin,
+    pump: Device,
+    db: Sessions,
+    balanced_gateway: Gateway,
+    tmp_path: Path,
+) -> None:
+    """Everything comes from the balancer (127.0.0.1); the per-source limit counts the
+    addresses in the headers: 198.51.100.23 is full, another client still gets in."""
+    import asyncio
+    import socket
+
+    await grant(db, devices=["pump-12"])
+    port = balanced_gateway.port
+    held = []
+    for i in range(balanced_gateway.ctx.settings.per_source_max_startups):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"PROXY TCP4 198.51.100.23 127.0.0.1 %d %d\r\n" % (41000 + i, port))
+        held.append(sock)
+    try:
+        script = tmp_path / "balancer.py"
+        script.write_text(BALANCER)
+        vendor.gateway = balanced_gateway
+        command = [f"ProxyCommand={sys.executable} {script} {port}"]
+        for _ in range(50):  # until the gateway has read the idle ones' headers
+            if balanced_gateway.ctx.preauth.open >= len(held):
+                break
+            await asyncio.sleep(0.05)
+        full = await vendor.ssh("pump-12", "echo no", extra_opts=command)
+        assert full.returncode == 255 and full.stdout == b""
+        assert "too many unauthenticated connections from your address" in full.stderr
+        other = BALANCER.replace("198.51.100.23", "198.51.100.99")
+        script.write_text(other)
+        fine = await vendor.ssh("pump-12", "echo yes", extra_opts=command)
+        assert fine.stdout == b"yes\n", fine.stderr
+    finally:
+        for sock in held:
+            sock.close()
