@@ -35,6 +35,15 @@ from recorder.errors import RecorderError
 from web.app import start_web
 from web.context import WebContext
 
+DESCRIPTION = """\
+sallyport is the gate between outside medical-device vendors and a hospital's device
+networks: a vendor gets a time-bound, MFA-gated session to specific devices, per an
+approved ticket, with stock OpenSSH or a browser; every session is recorded and every
+decision is evidence in a tamper-evident audit chain.
+
+Start with `sallyport demo` (a demo hospital on SQLite) or `sallyport serve --config FILE`
+(gateway and portal). Each command below has its own --help."""
+
 T = TypeVar("T")
 
 
@@ -69,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("SALLYPORT_CONFIG"),
         help="TOML config file (default: $SALLYPORT_CONFIG)",
     )
-    parser = argparse.ArgumentParser(prog="sallyport", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="sallyport",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Docs: README.md, docs/DEPLOYMENT.md, docs/ARCHITECTURE.md, docs/SECURITY.md",
+    )
     sub = parser.add_subparsers(metavar="COMMAND")
 
     p = sub.add_parser("migrate", parents=[common], help="create or upgrade the database schema")

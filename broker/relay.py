@@ -255,7 +255,10 @@ class VendorSession(asyncssh.SSHServerSession[bytes]):
         assert self.chan is not None
         assert self.server.user is not None
         grants = await self.ctx.policy.grants(self.server.user.id)
-        hint = f"ssh -p {self.ctx.settings.gateway_public_port} {self.server.login}:DEVICE@GATEWAY"
+        settings = self.ctx.settings
+        port = settings.gateway_public_port
+        host = settings.gateway_public_host
+        hint = f"ssh -p {port} {self.server.login}:DEVICE@{host}"
         self.chan.write(render_grants(grants, self.ctx.now(), self.term is not None, hint))
         self.device_closed(0, None)
 

@@ -140,6 +140,9 @@ async def test_listing_shows_live_grants(vendor: VendorLogin, pump: Device, db: 
     result = await vendor.ssh(None)
     assert result.returncode == 0
     assert b"pump-12" in result.stdout and b"CHG0001234" in result.stdout
+    settings = vendor.gateway.ctx.settings  # the address vendors use, not a placeholder
+    hint = f"connect with: ssh -p {settings.gateway_public_port} vendor1:DEVICE@"
+    assert f"{hint}{settings.gateway_public_host}".encode() in result.stdout
 
 
 @pytest.mark.parametrize(
