@@ -485,6 +485,7 @@ def _login_page(
         kind=kind if kind in KINDS else "staff",
         login=login,
         next=safe_next(request.query.get("next"), ""),
+        banner=ctx(request).settings.banner_text(),  # system use notification (AC-8)
     )
 
 

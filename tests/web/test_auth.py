@@ -592,3 +592,18 @@ async def test_a_token_of_a_disabled_user_is_refused(
     resp = await web_app.browser().get("/", headers={"Authorization": f"Bearer {token}"})
     assert resp.status == 401
     assert (await resp.json())["code"] == "token-invalid"
+
+
+async def test_the_login_page_shows_the_system_use_notice_escaped(
+    web_app: WebApp, client: TestClient[Any, Any]
+) -> None:
+    from policy.config import DEFAULT_BANNER
+
+    page = await (await client.get("/login")).text()
+    for line in DEFAULT_BANNER.splitlines():
+        assert f"<p>{line.replace(chr(39), '&#39;')}</p>" in page
+    web_app.ctx.settings = replace(
+        web_app.ctx.settings, banner="Line <one>\nLine & two", banner_file=""
+    )
+    page = await (await client.get("/login")).text()
+    assert "<p>Line &lt;one&gt;</p><p>Line &amp; two</p>" in page
