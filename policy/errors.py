@@ -40,3 +40,7 @@ class Forbidden(PolicyError):
 
 class Conflict(PolicyError):
     """The thing is in the wrong state for this (already decided, already used, taken)."""
+
+
+class RateLimited(PolicyError):
+    """Too many failed attempts lately; the message says when to try again."""

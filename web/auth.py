@@ -207,6 +207,13 @@ async def _from_token(request: web.Request, header: str) -> Principal | Refusal:
     if scheme.lower() != "bearer" or not token.startswith(tokens.PREFIX):
         return Refusal("token-invalid", "use the header Authorization: Bearer spt_...")
     context = ctx(request)
+    address = request.remote or ""
+    until = await limited_until(context, None, address)
+    if until is not None:
+        return Refusal(
+            "rate-limited",
+            f"too many invalid API tokens from your address; try again after {_after(until)} UTC",
+        )
     async with context.sessions() as db:
         row = await tokens.authenticate(db, token, context.clock())
         user: StaffUser | VendorUser | None = None
@@ -215,6 +222,7 @@ async def _from_token(request: web.Request, header: str) -> Principal | Refusal:
         elif row is not None and row.vendor_user_id is not None:
             user = await db.get(VendorUser, row.vendor_user_id)
     if row is None or user is None:
+        await note_failure(context, TOKEN_FAILURE, address)
         return Refusal(
             "token-invalid", "the API token is not valid: unknown, revoked, or its user disabled"
         )
@@ -254,6 +262,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 path=request.path,
                 address=request.remote or "",
             )
+            if found.code == "rate-limited":
+                limited = json_error(found.code, found.message, 429)
+                limited.headers["Retry-After"] = str(context_retry(request))
+                return limited
             return json_error(found.code, found.message, 401)
         request[PRINCIPAL] = found
         return await handler(request)  # no cookies: a token request has no session
@@ -306,15 +318,15 @@ def _after(until: datetime) -> str:
     return datetime.fromtimestamp(minute, tz=until.tzinfo).strftime("%H:%M")
 
 
-async def limited_until(context: WebContext, login: str, address: str) -> datetime | None:
-    """When this login (or address) may try again, if it has failed too often lately."""
+async def limited_until(context: WebContext, login: str | None, address: str) -> datetime | None:
+    """When this login (or address) may try again, if it has failed too often lately.
+    ``login`` None: the address alone (bad API tokens and invite links name no account)."""
     settings = context.settings
     now = context.clock()
     window = timedelta(seconds=settings.web_login_window)
-    limits = [
-        (LoginFailure.login == login, settings.web_login_attempts),
-        (LoginFailure.address == address, settings.web_login_attempts * 4),
-    ]
+    limits = [(LoginFailure.address == address, settings.web_login_attempts * 4)]
+    if login is not None:
+        limits.insert(0, (LoginFailure.login == login, settings.web_login_attempts))
     until: datetime | None = None
     async with context.sessions() as db:
         for where, limit in limits:
@@ -332,7 +344,17 @@ async def limited_until(context: WebContext, login: str, address: str) -> dateti
     return until
 
 
-async def _note_failure(context: WebContext, login: str, address: str) -> None:
+def context_retry(request: web.Request) -> int:
+    """Retry-After for a rate-limited request: the failure window, in seconds."""
+    return ctx(request).settings.web_login_window
+
+
+# not logins anyone can have ("#" is not allowed in one): counted per address only
+TOKEN_FAILURE = "#api-token"  # noqa: S105 - a label, not a secret
+INVITE_FAILURE = "#invite:"
+
+
+async def note_failure(context: WebContext, login: str, address: str) -> None:
     now = context.clock()
     async with context.sessions() as db:
         db.add(LoginFailure(login=login[:64], address=address[:100], at=now))
@@ -522,7 +544,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     outcome = await authenticate(context, attempt)
     if outcome.user is None:
         if outcome.reason not in ("rate-limited", "locked"):
-            await _note_failure(context, login, attempt.address)
+            await note_failure(context, login, attempt.address)
         extra: dict[str, Any] = {}
         if outcome.locked_until is not None:
             extra["locked_until"] = outcome.locked_until.isoformat()

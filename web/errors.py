@@ -34,6 +34,7 @@ STATUS_BY_CLASS = {
     "Forbidden": 403,
     "NotFound": 404,
     "Conflict": 409,
+    "RateLimited": 429,
     "VaultError": 500,
     "ConfigError": 500,
 }
@@ -44,6 +45,7 @@ TITLES = {
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict",
+    429: "Too many attempts",
     413: "Too large",
     500: "Internal error",
     503: "Service unavailable",

@@ -30,11 +30,11 @@ from sqlalchemy import select
 
 from policy import invites, totp
 from policy.admin import add_vendor_key, check_name
-from policy.errors import Conflict, InvalidInput, NotFound, PolicyError
+from policy.errors import Conflict, InvalidInput, NotFound, PolicyError, RateLimited
 from policy.models import Invite, StaffUser, Vendor, VendorKey, VendorUser
 from policy.passwords import hash_password, verify_password
 from policy.sshkeys import parse_public_key
-from web.auth import principal, requires, sign_in
+from web.auth import INVITE_FAILURE, limited_until, note_failure, principal, requires, sign_in
 from web.context import WebContext, ctx
 from web.render import flash, redirect, render
 from web.sessions import session
@@ -222,6 +222,15 @@ async def _open(request: web.Request) -> Invite:
     """The invite the link names; a link that cannot be used is refused and audited."""
     context = ctx(request)
     token = request.match_info["token"]
+    address = request.remote or ""
+    until = await limited_until(context, None, address)
+    if until is not None:  # guessing links from one address is refused before a lookup
+        await context.audit.record("web:invite:refused", code="rate-limited", address=address)
+        raise RateLimited(
+            "rate-limited",
+            "too many invalid links or codes from your address; try again in "
+            f"{context.settings.web_login_window // 60} minutes",
+        )
     async with context.sessions() as db:
         try:
             return await invites.open_invite(db, token, context.clock())
@@ -230,8 +239,10 @@ async def _open(request: web.Request) -> Invite:
                 "web:invite:refused",
                 code=exc.code,
                 message=exc.message,
-                address=request.remote or "",
+                address=address,
             )
+            if exc.code == "invite-unknown":
+                await note_failure(context, INVITE_FAILURE, address)
             raise
 
 
@@ -350,6 +361,13 @@ async def enroll_post(request: web.Request) -> web.StreamResponse:
         flash(request, "First choose your login and password.", "info")
         return redirect(f"/invite/{token}")
     code = str((await request.post()).get("code", ""))
+    # the invite is the account here: wrong codes are counted for it, and for the address
+    account, address = INVITE_FAILURE + invites.token_hash(token)[:16], request.remote or ""
+    until = await limited_until(context, account, address)
+    if until is not None:
+        await context.audit.record("web:invite:refused", code="rate-limited", address=address)
+        message = "too many wrong codes for this invite; wait a few minutes and try again"
+        return _enroll_page(request, enrollment, error=message, status=429)
     try:
         async with context.sessions() as db:
             user = await invites.redeem_invite(
@@ -367,6 +385,7 @@ async def enroll_post(request: web.Request) -> web.StreamResponse:
             )
     except (InvalidInput, Conflict) as exc:  # refusals audited by redeem_invite
         if exc.code == "code-invalid":
+            await note_failure(context, account, address)
             return _enroll_page(request, enrollment, error=exc.message, status=400)
         session(request).pop(ENROLL)
         flash(request, exc.message, "error")

@@ -147,6 +147,7 @@ ERROR_STATUSES = {
     404: "no such thing, or one the caller may not see",
     409: "the thing is in the wrong state for this (e.g. request-not-pending)",
     415: "the body is not of the media type this operation takes",
+    429: "too many invalid API tokens from this address lately (Retry-After says how long)",
 }
 
 
@@ -157,7 +158,7 @@ class Operation:
     ``reply`` names the component schema of the success answer (``status``); the error
     answers (``Error``) follow from the rest: 400 when it takes input, 404 when its path
     names a thing (or ``names``: its body does, e.g. a vendor to invite), 409 when
-    ``conflicts``, 415 for a CSV body, 401 and 403 always.
+    ``conflicts``, 415 for a CSV body, 401, 403 and 429 always.
     """
 
     method: str
@@ -224,7 +225,7 @@ class Operation:
                 "content": {"application/json": {"schema": ref(name)}},
             }
 
-        statuses = [401, 403]
+        statuses = [401, 403, 429]
         if self.params or self.body is not None:
             statuses.append(400)
         if self.names or any(p.where == "path" for p in self.params):

@@ -607,3 +607,34 @@ async def test_the_login_page_shows_the_system_use_notice_escaped(
     )
     page = await (await client.get("/login")).text()
     assert "<p>Line &lt;one&gt;</p><p>Line &amp; two</p>" in page
+
+
+async def test_invalid_api_tokens_from_one_address_are_limited(
+    web_app: WebApp, client: TestClient[Any, Any], audit_events: AuditEvents
+) -> None:
+    web_app.ctx.settings = replace(web_app.ctx.settings, web_login_attempts=1)
+    bad = {"Authorization": "Bearer spt_" + "x" * 43}
+    for _ in range(4):  # 4 x web_login_attempts from 127.0.0.1
+        resp = await client.get("/api/v1/requests", headers=bad)
+        assert resp.status == 401
+    resp = await client.get("/api/v1/requests", headers=bad)
+    assert resp.status == 429
+    assert int(resp.headers["Retry-After"]) == web_app.ctx.settings.web_login_window
+    body = await resp.json()
+    assert body["code"] == "rate-limited" and "from your address" in body["message"]
+    refused = [d["reason"] for _t, _a, d in await audit_events("web:token:refused")]
+    assert refused == ["token-invalid"] * 4 + ["rate-limited"]
+
+
+async def test_guessing_invite_links_from_one_address_is_limited(
+    web_app: WebApp, client: TestClient[Any, Any], audit_events: AuditEvents
+) -> None:
+    web_app.ctx.settings = replace(web_app.ctx.settings, web_login_attempts=1)
+    for i in range(4):
+        resp = await client.get(f"/invite/guess{i}")
+        assert resp.status == 404
+    resp = await client.get("/invite/guess-again")
+    assert resp.status == 429
+    assert "too many invalid links or codes from your address" in await resp.text()
+    codes = [d["code"] for _t, _a, d in await audit_events("web:invite:refused")]
+    assert codes == ["invite-unknown"] * 4 + ["rate-limited"]

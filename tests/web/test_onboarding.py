@@ -377,3 +377,34 @@ def test_key_comments_that_would_reach_pages_and_logs_are_refused(
         parse_public_key(ed25519_line(comment))
     assert refused.value.message == message
     assert parse_public_key(ed25519_line("x" * 200)).comment == "x" * 200
+
+
+async def test_wrong_enrollment_codes_are_limited_per_invite(
+    web_app: WebApp, client: Client, audit_events: AuditEvents
+) -> None:
+    from dataclasses import replace
+
+    web_app.ctx.settings = replace(web_app.ctx.settings, web_login_attempts=2)
+    token = await make_invite(web_app, "vendor")
+    page = await (await client.get(f"/invite/{token}")).text()
+    details = {"login": "eng2", "display_name": "E", "email": ""}
+    await client.post(
+        f"/invite/{token}", data=form_for(page, **details, password=NEW_PASSWORD,
+                                          confirm=NEW_PASSWORD),
+    )  # fmt: skip
+    page = await (await client.get(f"/invite/{token}/enroll")).text()
+    secret = secret_on(page)
+    for _ in range(2):
+        resp = await client.post(
+            f"/invite/{token}/enroll", data=form_for(page, code=wrong_code(web_app, secret))
+        )
+        assert resp.status == 400
+        page = await resp.text()
+    resp = await client.post(
+        f"/invite/{token}/enroll", data=form_for(page, code=web_app.code(secret))
+    )  # even the right code waits now
+    assert resp.status == 429
+    assert "too many wrong codes for this invite" in await resp.text()
+    assert ("web:invite:refused", "rate-limited") in [
+        (t, d.get("code")) for t, _a, d in await audit_events("web:invite:refused")
+    ]
