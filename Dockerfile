@@ -14,7 +14,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     SALLYPORT_DATA_DIR=/data \
     SALLYPORT_GATEWAY_HOST=0.0.0.0 \
-    SALLYPORT_WEB_HOST=0.0.0.0
+    SALLYPORT_WEB_HOST=0.0.0.0 \
+    SALLYPORT_GATEWAY_BROWSER_HOST=0.0.0.0
 
 RUN groupadd --system --gid 10001 sallyport \
  && useradd --system --uid 10001 --gid sallyport --home-dir /data --shell /usr/sbin/nologin sallyport \
@@ -39,7 +40,7 @@ RUN pip install --no-cache-dir .
 
 USER 10001:10001
 VOLUME ["/data"]
-EXPOSE 2222 8080
+EXPOSE 2222 8022 8080
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/api/v1/health', timeout=4).status == 200 else 1)"]
