@@ -301,7 +301,7 @@ def rig(workdir: Path, users: int) -> Iterator[Rig]:
             gateway_port=port,
             web_host="127.0.0.1",
             web_port=_free_port(),
-            browser_port=_free_port(),
+            browser_port=0,  # ephemeral: the benchmarks use no browser door
             recordings_dir=data / "recordings",
             log_level="warning",
         )
